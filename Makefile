@@ -1,0 +1,34 @@
+# `make run` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run lint test test-only bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/reconciler run --specs specs --state-dir .state --metrics-address 127.0.0.1:9184 --socket .state/api.sock
+
+lint: venv
+	$(BIN)/ruff check reconciler tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test-only: venv
+	$(BIN)/pytest
+
+test: lint test-only
+
+bench: venv
+	$(BIN)/python bench/manager_bench.py
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from reconciler.errors import (
     TerminateFailed,
     Timeout,
 )
+from reconciler.process import CollectorProcessManager, ManagerEvent
 from reconciler.spec import (
     CollectorConfig,
     CollectorSpec,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyRunning",
     "CollectorConfig",
+    "CollectorProcessManager",
     "CollectorSpec",
     "CollectorState",
     "CollectorStatus",
@@ -37,6 +39,7 @@ __all__ = [
     "HealthStatus",
     "InvalidSpec",
     "InvalidState",
+    "ManagerEvent",
     "Io",
     "PlatformNotSupported",
     "ProcessManagerConfig",

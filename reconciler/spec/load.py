@@ -13,6 +13,7 @@ import tomllib
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from reconciler.errors import InvalidSpec
 from reconciler.spec.models import CollectorSpec, ManagerConfigFile
@@ -31,7 +32,7 @@ PROCESS_IDENTITY_KEYS = (
 """Keys that say what the process is: a change to any of them means a restart."""
 
 
-def _describe(error: dict[str, Any]) -> tuple[str, str]:
+def _describe(error: ErrorDetails) -> tuple[str, str]:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return key, "unknown key"

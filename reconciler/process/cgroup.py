@@ -1,0 +1,158 @@
+"""One cgroup v2 per collector run: exact membership, whole-tree kill, limits.
+
+A process that leaves its process group (setsid, double fork) cannot leave its
+cgroup, so the cgroup is how the manager finds and kills every descendant of a
+collector. Used by ``reconciler.process.manager``; where no writable cgroup v2
+hierarchy exists (``CgroupTree.detect()`` returns ``None``), the manager falls
+back to process groups, sessions and the descendant tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_CONTROLLERS = ("memory", "pids", "cpu")
+_counter = itertools.count(1)
+CPU_PERIOD_MICROSECONDS = 100_000
+
+
+def _unified_mount() -> Path | None:
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == "cgroup2":
+                    return Path(fields[1])
+    except OSError:
+        return None
+    return None
+
+
+def _own_cgroup() -> str | None:
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as own:
+            for line in own:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class CgroupTree:
+    """The manager's own cgroup directory, under which each run gets a child."""
+
+    path: Path
+    controllers: frozenset[str]
+
+    @classmethod
+    def detect(cls) -> CgroupTree | None:
+        """Create this manager's cgroup directory, or return ``None`` if that is not possible."""
+        mount, own = _unified_mount(), _own_cgroup()
+        if mount is None or own is None:
+            return None
+        parent = mount / own.lstrip("/")
+        path = parent / f"reconciler-{os.getpid()}-{next(_counter)}"
+        try:
+            path.mkdir()
+        except OSError as exc:
+            log.debug("no cgroup tracking (cannot create %s: %s)", path, exc)
+            return None
+        if not (path / "cgroup.kill").exists():
+            # Without cgroup.kill (Linux < 5.14) killing still works pid by pid.
+            log.debug("cgroup.kill not available; killing cgroup members one by one")
+        available = set((path / "cgroup.controllers").read_text().split())
+        enabled: set[str] = set()
+        for name in _CONTROLLERS:
+            if name not in available:
+                continue
+            try:
+                (path / "cgroup.subtree_control").write_text(f"+{name}")
+                enabled.add(name)
+            except OSError:
+                pass
+        return cls(path=path, controllers=frozenset(enabled))
+
+    def create(self, name: str) -> RunCgroup:
+        path = self.path / f"{name}-{next(_counter)}"
+        try:
+            path.mkdir()
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot create cgroup {path}: {exc.strerror}") from exc
+        return RunCgroup(path=path, controllers=self.controllers)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            for child in self.path.iterdir():
+                if child.is_dir():
+                    child.rmdir()
+            self.path.rmdir()
+
+
+@dataclass
+class RunCgroup:
+    """The cgroup of one collector run."""
+
+    path: Path
+    controllers: frozenset[str]
+
+    def open_procs_for_child(self) -> int:
+        """An fd the child writes ``0`` to, joining the cgroup before it execs."""
+        return os.open(self.path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+
+    def apply_limits(
+        self, *, memory_max_bytes: int | None, processes: int | None, cpu_max_percent: float | None
+    ) -> set[str]:
+        """Write the limits this cgroup can enforce; return the names it enforced."""
+        enforced: set[str] = set()
+        if memory_max_bytes is not None and "memory" in self.controllers:
+            (self.path / "memory.max").write_text(str(memory_max_bytes))
+            enforced.add("memory_max_bytes")
+        if processes is not None and "pids" in self.controllers:
+            (self.path / "pids.max").write_text(str(processes))
+            enforced.add("processes")
+        if cpu_max_percent is not None and "cpu" in self.controllers:
+            quota = max(1000, int(CPU_PERIOD_MICROSECONDS * cpu_max_percent / 100))
+            (self.path / "cpu.max").write_text(f"{quota} {CPU_PERIOD_MICROSECONDS}")
+            enforced.add("cpu_max_percent")
+        return enforced
+
+    def pids(self) -> list[int]:
+        try:
+            text = (self.path / "cgroup.procs").read_text()
+        except OSError:
+            return []
+        return [int(line) for line in text.split()]
+
+    def signal_all(self, signum: int) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL every process in the cgroup, escapees included."""
+        try:
+            (self.path / "cgroup.kill").write_text("1")
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EINVAL):
+                raise
+            self.signal_all(signal.SIGKILL)
+
+    def remove(self) -> bool:
+        try:
+            self.path.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True

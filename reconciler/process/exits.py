@@ -1,0 +1,104 @@
+"""Noticing child exits through the kernel: a pidfd per child, in the event loop's epoll.
+
+No polling and no thread per child: when a child exits its pidfd becomes
+readable, the loop calls us, we reap it and report its exit code (negative for
+a killing signal, as subprocess reports it). As a child subreaper the process
+also inherits orphaned descendants of its collectors (double forks, setsid
+escapees); ``ExitWatcher`` then reaps those too on SIGCHLD, so none is left a
+zombie. Used by the process manager and by exec health probes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+
+from reconciler.errors import PlatformNotSupported
+
+log = logging.getLogger(__name__)
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper(enabled: bool) -> bool:
+    """Make this process inherit its descendants' orphans; ``False`` where the kernel says no."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, int(enabled), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class ExitWatcher:
+    """Calls back once per watched child, with its exit code, as soon as it exits."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, reap_orphans: bool = False) -> None:
+        if not hasattr(os, "pidfd_open"):
+            raise PlatformNotSupported("exit watching needs pidfd_open (Linux 5.3 or later)")
+        self._loop = loop
+        self._watched: dict[int, tuple[subprocess.Popen[bytes], int, Callable[[int], None]]] = {}
+        self._reap_orphans = False
+        if reap_orphans:
+            try:
+                loop.add_signal_handler(signal.SIGCHLD, self._reap_all)
+                self._reap_orphans = True
+            except (RuntimeError, ValueError) as exc:
+                # Signal handlers only work in the main thread; orphans are
+                # then reaped whenever one of our own children exits.
+                log.debug("no SIGCHLD handler (%s); reaping orphans on child exits", exc)
+
+    def watch(self, popen: subprocess.Popen[bytes], on_exit: Callable[[int], None]) -> None:
+        """Call ``on_exit(returncode)`` once ``popen`` has exited (and been reaped)."""
+        pid = popen.pid
+        pidfd = os.pidfd_open(pid)
+        self._watched[pid] = (popen, pidfd, on_exit)
+        self._loop.add_reader(pidfd, self._on_readable, pid)
+
+    def _on_readable(self, pid: int) -> None:
+        entry = self._watched.pop(pid, None)
+        if entry is None:
+            return
+        popen, pidfd, on_exit = entry
+        self._loop.remove_reader(pidfd)
+        os.close(pidfd)
+        returncode = popen.poll()
+        if returncode is None:  # pragma: no cover - a readable pidfd means it exited
+            returncode = popen.wait()
+        on_exit(returncode)
+        self._reap_all()
+
+    def _reap_all(self) -> None:
+        """Reap every exited child: ours through its Popen, orphans directly."""
+        if not self._reap_orphans:
+            return
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == 0:
+                return
+            entry = self._watched.get(info.si_pid)
+            if entry is not None:
+                # Reaped here, reported when its pidfd's readiness is handled.
+                if entry[0].poll() is None:  # pragma: no cover - another thread waits on it
+                    return
+            else:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(info.si_pid, os.WNOHANG)
+                log.debug("reaped orphaned descendant pid %d", info.si_pid)
+
+    def close(self) -> None:
+        for pid in list(self._watched):
+            _, pidfd, _ = self._watched.pop(pid)
+            self._loop.remove_reader(pidfd)
+            os.close(pidfd)
+        if self._reap_orphans:
+            self._loop.remove_signal_handler(signal.SIGCHLD)
+            self._reap_orphans = False

@@ -1,0 +1,868 @@
+"""``CollectorProcessManager``: start, stop, restart, pause and resume collectors.
+
+The asyncio process manager whose API, states and error codes follow
+DaemonEye's ``CollectorProcessManager`` (DESIGN §4-§6), without its gaps:
+exits are seen through the kernel (pidfd), whole process trees are signalled
+(process group, and a cgroup per run where the kernel allows, so setsid and
+double-fork escapees are found too), crashes restart with exponential backoff
+(``reconciler.plan.policy``), and failed collectors stay visible.
+
+Operations on one collector are serialised by its lock; different collectors
+proceed concurrently. A forced stop asked for during a graceful one escalates
+it at once. The reconcile loop is built on this API; embedders may use it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from reconciler.errors import (
+    AlreadyRunning,
+    InvalidState,
+    Io,
+    PlatformNotSupported,
+    ProcessManagerError,
+    ProcessNotFound,
+    SpawnFailed,
+    TerminateFailed,
+    Timeout,
+)
+from reconciler.plan.policy import GiveUp, NoRestart, RestartPolicy, decide_restart
+from reconciler.process import spawn
+from reconciler.process.binary import resolve_binary
+from reconciler.process.cgroup import CgroupTree, RunCgroup
+from reconciler.process.clock import now
+from reconciler.process.exits import ExitWatcher, set_child_subreaper
+from reconciler.process.health import run_probe
+from reconciler.spec.models import CollectorConfig, ProcessManagerConfig
+from reconciler.state import (
+    PROCESS_STATES,
+    CollectorState,
+    CollectorStatus,
+    DesiredState,
+    HealthStatus,
+)
+
+log = logging.getLogger(__name__)
+
+SPAWN_RETRY_SECONDS = 0.01
+STATE_CONFIRM_SECONDS = 2.0
+ESCAPEE_SETTLE_SECONDS = 0.002
+
+
+def describe_exit(returncode: int) -> str:
+    """Human words for an exit code as subprocess reports it (negative: signal)."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exited with code {returncode}"
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerEvent:
+    """Something the manager did or saw, for logs, the event record and the loop."""
+
+    collector_id: str
+    kind: str
+    message: str
+    wall_time: float
+
+
+@dataclass
+class _Run:
+    """One process of a collector, from spawn to reap."""
+
+    pid: int
+    started_at: float
+    started_wall: float
+    cgroup: RunCgroup | None
+    exited: asyncio.Future[int]
+    env: dict[str, str]
+    stop_requested: bool = False
+    probe_task: asyncio.Task[None] | None = None
+    probe_failures: int = 0
+    probe_passed: bool | None = None
+    cpu_seconds_base: float = 0.0
+
+
+@dataclass
+class _Collector:
+    collector_id: str
+    collector_type: str
+    config: CollectorConfig
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    state: CollectorState = CollectorState.STOPPED
+    desired: DesiredState = DesiredState.RUNNING
+    run: _Run | None = None
+    restart_count: int = 0
+    consecutive_restarts: int = 0
+    last_exit_code: int | None = None
+    last_error: str | None = None
+    backoff_until: float | None = None
+    backoff_timer: asyncio.TimerHandle | None = None
+    stop_task: asyncio.Task[int | None] | None = None
+    escalate: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class CollectorProcessManager:
+    """Runs collector processes and keeps them running (DESIGN §6).
+
+    ``log_dir`` is where ``log = "file"`` collectors write ``<id>.log``; without
+    it such collectors inherit the manager's stdout and stderr.
+    ``child_subreaper`` makes this process inherit, and reap, the orphans of
+    its collectors; the manager then reaps every exited child of the process
+    that it did not start itself, so leave it off when embedding in a program
+    that waits for children of its own. ``cgroups`` (default: where possible)
+    gives each run a cgroup v2 for exact tracking and kill of its whole tree.
+    """
+
+    def __init__(
+        self,
+        config: ProcessManagerConfig | None = None,
+        *,
+        log_dir: Path | None = None,
+        child_subreaper: bool = False,
+        cgroups: bool = True,
+    ) -> None:
+        self.config = config if config is not None else ProcessManagerConfig()
+        self.log_dir = log_dir
+        self._child_subreaper = child_subreaper
+        self._want_cgroups = cgroups
+        self._cgroups: CgroupTree | None = None
+        self._watcher: ExitWatcher | None = None
+        self._collectors: dict[str, _Collector] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._listeners: list[Callable[[ManagerEvent], None]] = []
+        self._closing = False
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def _ensure_started(self) -> ExitWatcher:
+        if self._watcher is None:
+            if self._child_subreaper and not set_child_subreaper(True):
+                log.warning("cannot become a child subreaper; orphaned descendants go to init")
+            self._watcher = ExitWatcher(
+                asyncio.get_running_loop(), reap_orphans=self._child_subreaper
+            )
+            self._cgroups = CgroupTree.detect() if self._want_cgroups else None
+            log.debug(
+                "process tracking: %s",
+                f"cgroup {self._cgroups.path}" if self._cgroups else "process groups",
+            )
+        return self._watcher
+
+    @property
+    def cgroup_tracking(self) -> bool:
+        """Whether runs get a cgroup each (known once the first collector started)."""
+        return self._cgroups is not None
+
+    def add_listener(self, listener: Callable[[ManagerEvent], None]) -> None:
+        """Call ``listener`` for every event (state change, exit, probe result)."""
+        self._listeners.append(listener)
+
+    def update_config(self, config: ProcessManagerConfig) -> None:
+        """Apply a reloaded ``[process_manager]`` table; running processes are untouched."""
+        self.config = config
+
+    def _emit(self, collector: _Collector, kind: str, message: str) -> None:
+        event = ManagerEvent(collector.collector_id, kind, message, time.time())
+        log.info("%s: %s", collector.collector_id, message)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed")
+
+    def _spawn_task(self, coro: Coroutine[object, object, object], *, name: str) -> None:
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    def _get(self, collector_id: str) -> _Collector:
+        try:
+            return self._collectors[collector_id]
+        except KeyError:
+            raise ProcessNotFound(f"no collector {collector_id!r}") from None
+
+    def collector_ids(self) -> list[str]:
+        return sorted(self._collectors)
+
+    # -- public API (DESIGN §6) ----------------------------------------------
+
+    async def start_collector(
+        self, collector_id: str, collector_type: str, config: CollectorConfig
+    ) -> int:
+        """Start a collector; return its pid. ``ALREADY_RUNNING`` if it has a process."""
+        if self._closing:
+            raise InvalidState("the process manager is shutting down")
+        self._ensure_started()
+        lock = self._locks.setdefault(collector_id, asyncio.Lock())
+        async with lock:
+            collector = self._collectors.get(collector_id)
+            if collector is not None and (
+                collector.run is not None or collector.state == CollectorState.BACKOFF
+            ):
+                raise AlreadyRunning(f"collector {collector_id!r} is already {collector.state}")
+            if collector is None:
+                collector = _Collector(collector_id, collector_type, config, lock=lock)
+                self._collectors[collector_id] = collector
+            collector.collector_type = collector_type
+            collector.config = config
+            collector.consecutive_restarts = 0
+            collector.desired = DesiredState.RUNNING
+            return await self._spawn(collector, reason="started")
+
+    async def stop_collector(
+        self, collector_id: str, graceful: bool = True, timeout: float | None = None
+    ) -> int | None:
+        """Stop a collector; return its exit code, or ``None`` if it had no process.
+
+        ``graceful``: stop signal, wait ``timeout`` (default: its graceful
+        timeout), then SIGKILL. Not graceful: SIGKILL at once — and if a
+        graceful stop is under way, it is escalated to that now.
+        """
+        collector = self._get(collector_id)
+        if not graceful and collector.stop_task is not None:
+            collector.escalate.set()
+        async with collector.lock:
+            collector.desired = DesiredState.STOPPED
+            return await self._stop_locked(collector, graceful=graceful, timeout=timeout)
+
+    async def restart_collector(self, collector_id: str, timeout: float | None = None) -> int:
+        """Gracefully stop (if running) and start again; return the new pid.
+
+        Also how an operator brings back a ``failed`` collector.
+        """
+        collector = self._get(collector_id)
+        async with collector.lock:
+            if self._closing:
+                raise InvalidState("the process manager is shutting down")
+            await self._stop_locked(collector, graceful=True, timeout=timeout)
+            collector.restart_count += 1
+            collector.consecutive_restarts = 0
+            collector.desired = DesiredState.RUNNING
+            return await self._spawn(collector, reason="restarted")
+
+    async def replace_config(self, collector_id: str, config: CollectorConfig) -> None:
+        """Apply a config whose process identity is unchanged (policy, timeouts, probe).
+
+        No restart: the running process keeps going; the new restart policy,
+        timeouts and health check apply from now on.
+        """
+        collector = self._get(collector_id)
+        async with collector.lock:
+            old_check = collector.config.health_check
+            collector.config = config
+            run = collector.run
+            if run is not None and config.health_check != old_check:
+                self._restart_probe(collector, run)
+
+    async def forget_collector(self, collector_id: str) -> None:
+        """Drop a collector that has no process (stopped or failed) from view."""
+        collector = self._get(collector_id)
+        async with collector.lock:
+            if collector.run is not None:
+                raise InvalidState(
+                    f"collector {collector_id!r} is {collector.state}; stop it first"
+                )
+            self._cancel_backoff(collector)
+            self._collectors.pop(collector_id, None)
+            self._locks.pop(collector_id, None)
+
+    async def pause_collector(self, collector_id: str) -> None:
+        """SIGSTOP the collector's whole tree; confirmed from the kernel's view."""
+        _require_job_control()
+        collector = self._get(collector_id)
+        async with collector.lock:
+            if collector.state == CollectorState.PAUSED:
+                collector.desired = DesiredState.PAUSED
+                return
+            run = collector.run
+            if collector.state != CollectorState.RUNNING or run is None:
+                raise InvalidState(
+                    f"cannot pause collector {collector_id!r}: it is {collector.state}"
+                )
+            self._signal_tree(run, signal.SIGSTOP)
+            await self._confirm_stopped(run, stopped=True)
+            collector.state = CollectorState.PAUSED
+            collector.desired = DesiredState.PAUSED
+            self._emit(collector, "paused", f"paused (pid {run.pid})")
+
+    async def resume_collector(self, collector_id: str) -> None:
+        """SIGCONT a paused collector's whole tree; confirmed from the kernel's view."""
+        _require_job_control()
+        collector = self._get(collector_id)
+        async with collector.lock:
+            if collector.state == CollectorState.RUNNING:
+                collector.desired = DesiredState.RUNNING
+                return
+            run = collector.run
+            if collector.state != CollectorState.PAUSED or run is None:
+                raise InvalidState(
+                    f"cannot resume collector {collector_id!r}: it is {collector.state}"
+                )
+            self._signal_tree(run, signal.SIGCONT)
+            await self._confirm_stopped(run, stopped=False)
+            collector.state = CollectorState.RUNNING
+            collector.desired = DesiredState.RUNNING
+            self._emit(collector, "resumed", f"resumed (pid {run.pid})")
+
+    async def check_collector_health(self, collector_id: str) -> HealthStatus:
+        """Health per DESIGN §4, from the kernel's view and the last probe results."""
+        return self._health(self._get(collector_id))
+
+    async def get_collector_status(self, collector_id: str) -> CollectorStatus:
+        return self.status(collector_id)
+
+    def status(self, collector_id: str) -> CollectorStatus:
+        """Synchronous ``get_collector_status``, for metrics and the API."""
+        collector = self._get(collector_id)
+        run = collector.run
+        current = now()
+        backoff = 0.0
+        if collector.state == CollectorState.BACKOFF and collector.backoff_until is not None:
+            backoff = max(0.0, collector.backoff_until - current)
+        return CollectorStatus(
+            collector_id=collector.collector_id,
+            collector_type=collector.collector_type,
+            state=collector.state,
+            desired=collector.desired,
+            health=self._health(collector),
+            pid=run.pid if run is not None else None,
+            start_time=run.started_wall if run is not None else None,
+            uptime_seconds=current - run.started_at if run is not None else 0.0,
+            restart_count=collector.restart_count,
+            consecutive_restarts=collector.consecutive_restarts,
+            last_exit_code=collector.last_exit_code,
+            last_error=collector.last_error,
+            backoff_seconds=backoff,
+            probe_failures=run.probe_failures if run is not None else 0,
+        )
+
+    def config_of(self, collector_id: str) -> CollectorConfig:
+        return self._get(collector_id).config
+
+    def tree_pids(self, collector_id: str) -> list[int]:
+        """Every live pid of the collector's current run (its cgroup, or its group)."""
+        run = self._get(collector_id).run
+        return [] if run is None else self._tree_members(run)
+
+    async def shutdown_all(self) -> None:
+        """Stop every collector concurrently and release the manager's resources.
+
+        Raises the first ``TerminateFailed`` (if any) once all stops finished.
+        """
+        self._closing = True
+        for collector in self._collectors.values():
+            self._cancel_backoff(collector)
+        results = await asyncio.gather(
+            *(self.stop_collector(cid) for cid in list(self._collectors)),
+            return_exceptions=True,
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        errors = [result for result in results if isinstance(result, BaseException)]
+        if self._cgroups is not None:
+            self._cgroups.remove()
+            self._cgroups = None
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+            if self._child_subreaper:
+                set_child_subreaper(False)
+        self._closing = False
+        for error in errors:
+            if not isinstance(error, ProcessManagerError):
+                raise error
+        if errors:
+            raise errors[0]
+
+    # -- spawning -------------------------------------------------------------
+
+    async def _spawn(self, collector: _Collector, *, reason: str) -> int:
+        """Start the collector's process (lock held); ``failed`` on error."""
+        collector.state = CollectorState.STARTING
+        self._cancel_backoff(collector)
+        try:
+            run = await self._launch(collector)
+        except SpawnFailed as exc:
+            collector.state = CollectorState.FAILED
+            collector.last_error = exc.message
+            self._emit(collector, "failed", f"failed to start: {exc.message}")
+            raise
+        collector.run = run
+        collector.state = CollectorState.RUNNING
+        if collector.desired == DesiredState.STOPPED:
+            collector.desired = DesiredState.RUNNING
+        self._emit(collector, "started", f"{reason} (pid {run.pid})")
+        self._restart_probe(collector, run)
+        return run.pid
+
+    async def _launch(self, collector: _Collector) -> _Run:
+        watcher = self._ensure_started()
+        config = collector.config
+        argv0 = resolve_binary(
+            collector_type=collector.collector_type,
+            binary_path=config.binary_path,
+            collector_binaries=self.config.collector_binaries,
+            search_path=os.environ.get("PATH"),
+        )
+        spawn.check_launchable(config)
+        identity = spawn.resolve_identity(config.user, config.group)
+        env = spawn.build_env(
+            collector_id=collector.collector_id,
+            spec_env=config.env,
+            identity=identity,
+            parent_env=os.environ,
+        )
+        cgroup = self._new_cgroup(collector)
+        limits = config.resource_limits
+        enforced: set[str] = set()
+        if cgroup is not None and limits is not None:
+            enforced = cgroup.apply_limits(
+                memory_max_bytes=limits.memory_max_bytes,
+                processes=limits.processes,
+                cpu_max_percent=limits.cpu_max_percent,
+            )
+        wants_cpu = limits is not None and limits.cpu_max_percent is not None
+        if wants_cpu and "cpu_max_percent" not in enforced:
+            log.warning(
+                "%s: cpu_max_percent needs the cgroup v2 cpu controller, which is not "
+                "available here; not enforced",
+                collector.collector_id,
+            )
+        cgroup_fd = cgroup.open_procs_for_child() if cgroup is not None else None
+        request = spawn.LaunchRequest(
+            collector_id=collector.collector_id,
+            argv=[argv0, *config.args],
+            env=env,
+            working_dir=config.working_dir,
+            identity=identity,
+            rlimits=spawn.rlimits_for(limits, enforced_by_cgroup=enforced),
+            cgroup_fd=cgroup_fd,
+            log_mode=config.log,
+            log_path=(
+                self.log_dir / f"{collector.collector_id}.log" if self.log_dir is not None else None
+            ),
+        )
+        try:
+            popen = None
+            for _ in range(spawn.ETXTBSY_RETRIES):
+                popen = spawn.try_spawn(request)
+                if popen is not None:
+                    break
+                await asyncio.sleep(SPAWN_RETRY_SECONDS)
+            if popen is None:
+                raise SpawnFailed(f"cannot start {argv0}: text file busy (still being written)")
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        finally:
+            if cgroup_fd is not None:
+                os.close(cgroup_fd)
+        loop = asyncio.get_running_loop()
+        run = _Run(
+            pid=popen.pid,
+            started_at=now(),
+            started_wall=time.time(),
+            cgroup=cgroup,
+            exited=loop.create_future(),
+            env=env,
+        )
+        watcher.watch(popen, lambda code: self._on_exit(collector, run, code))
+        return run
+
+    def _new_cgroup(self, collector: _Collector) -> RunCgroup | None:
+        if self._cgroups is None:
+            return None
+        try:
+            return self._cgroups.create(collector.collector_id)
+        except OSError as exc:
+            raise SpawnFailed(
+                f"cannot set up tracking for {collector.collector_id!r}: {exc}"
+            ) from exc
+
+    # -- exits, crashes, backoff ----------------------------------------------
+
+    def _on_exit(self, collector: _Collector, run: _Run, returncode: int) -> None:
+        """Called by the exit watcher, in the loop, once the process is reaped."""
+        if not run.exited.done():
+            run.exited.set_result(returncode)
+        if run.probe_task is not None:
+            run.probe_task.cancel()
+        if run.stop_requested:
+            if collector.run is run and collector.stop_task is None:
+                # A stop that gave up (TERMINATE_FAILED) left it visible; it is gone now.
+                collector.run = None
+                self._release(run)
+            return
+        self._spawn_task(
+            self._handle_crash(collector, run, returncode),
+            name=f"crash handling for {collector.collector_id}",
+        )
+
+    async def _handle_crash(self, collector: _Collector, run: _Run, returncode: int) -> None:
+        async with collector.lock:
+            if collector.run is not run:
+                return
+            collector.run = None
+            await self._kill_leftovers(run)
+            collector.last_exit_code = returncode
+            description = describe_exit(returncode)
+            collector.last_error = description
+            self._emit(collector, "exited", description)
+            await self._after_unexpected_end(
+                collector, run_seconds=now() - run.started_at, description=description
+            )
+
+    async def _after_unexpected_end(
+        self, collector: _Collector, *, run_seconds: float, description: str
+    ) -> None:
+        """Apply the restart policy after an exit nobody asked for (lock held)."""
+        while True:
+            decision = decide_restart(
+                RestartPolicy.resolve(collector.config, self.config),
+                consecutive_restarts=collector.consecutive_restarts,
+                run_seconds=run_seconds,
+                exit_description=description,
+                jitter_key=collector.collector_id,
+            )
+            if isinstance(decision, NoRestart):
+                clean = collector.last_exit_code == 0
+                collector.state = CollectorState.STOPPED if clean else CollectorState.FAILED
+                self._emit(collector, "stopped" if clean else "failed", decision.reason)
+                return
+            if isinstance(decision, GiveUp):
+                collector.state = CollectorState.FAILED
+                collector.last_error = decision.reason
+                self._emit(collector, "failed", decision.reason)
+                return
+            collector.consecutive_restarts = decision.attempt
+            if decision.delay_seconds > 0:
+                self._enter_backoff(collector, decision.delay_seconds)
+                return
+            collector.restart_count += 1
+            try:
+                await self._spawn(collector, reason=f"restarted after crash ({description})")
+                return
+            except SpawnFailed as exc:
+                # A binary mid-deploy is a crash of zero length: retry with backoff.
+                run_seconds, description = 0.0, f"failed to start: {exc.message}"
+
+    def _enter_backoff(self, collector: _Collector, delay_seconds: float) -> None:
+        collector.state = CollectorState.BACKOFF
+        collector.backoff_until = now() + delay_seconds
+        collector.backoff_timer = asyncio.get_running_loop().call_later(
+            delay_seconds,
+            lambda: self._spawn_task(
+                self._restart_after_backoff(collector),
+                name=f"backoff restart of {collector.collector_id}",
+            ),
+        )
+        self._emit(
+            collector,
+            "backoff",
+            f"backoff {delay_seconds:.1f} s before restart {collector.consecutive_restarts}",
+        )
+
+    async def _restart_after_backoff(self, collector: _Collector) -> None:
+        async with collector.lock:
+            if collector.state != CollectorState.BACKOFF or self._closing:
+                return
+            collector.backoff_timer = None
+            collector.restart_count += 1
+            try:
+                await self._spawn(collector, reason="restarted after backoff")
+            except SpawnFailed as exc:
+                await self._after_unexpected_end(
+                    collector, run_seconds=0.0, description=f"failed to start: {exc.message}"
+                )
+
+    def _cancel_backoff(self, collector: _Collector) -> None:
+        if collector.backoff_timer is not None:
+            collector.backoff_timer.cancel()
+            collector.backoff_timer = None
+        collector.backoff_until = None
+
+    # -- stopping -------------------------------------------------------------
+
+    async def _stop_locked(
+        self, collector: _Collector, *, graceful: bool, timeout: float | None
+    ) -> int | None:
+        run = collector.run
+        if run is None:
+            self._cancel_backoff(collector)
+            if collector.state != CollectorState.STOPPED:
+                collector.state = CollectorState.STOPPED
+                self._emit(collector, "stopped", "stopped (no process was running)")
+            return None
+        was_paused = collector.state == CollectorState.PAUSED
+        run.stop_requested = True
+        collector.state = CollectorState.STOPPING
+        collector.escalate = asyncio.Event()
+        if not graceful:
+            collector.escalate.set()
+        task = asyncio.ensure_future(
+            self._terminate(collector, run, timeout=timeout, was_paused=was_paused)
+        )
+        collector.stop_task = task
+        try:
+            code = await asyncio.shield(task)
+        except TerminateFailed as exc:
+            collector.state = CollectorState.FAILED
+            collector.last_error = exc.message
+            self._emit(collector, "failed", exc.message)
+            raise
+        finally:
+            collector.stop_task = None
+        collector.run = None
+        collector.last_exit_code = code
+        collector.state = CollectorState.STOPPED
+        self._release(run)
+        self._emit(collector, "stopped", f"stopped ({describe_exit(code)})")
+        return code
+
+    async def _terminate(
+        self, collector: _Collector, run: _Run, *, timeout: float | None, was_paused: bool
+    ) -> int:
+        config = collector.config
+        graceful_seconds = (
+            timeout
+            if timeout is not None
+            else config.graceful_timeout_seconds
+            if config.graceful_timeout_seconds is not None
+            else self.config.default_graceful_timeout_seconds
+        )
+        force_seconds = (
+            config.force_timeout_seconds
+            if config.force_timeout_seconds is not None
+            else self.config.default_force_timeout_seconds
+        )
+        if not collector.escalate.is_set():
+            stop_signal = signal.Signals[config.stop_signal]
+            self._signal_group(run, stop_signal)
+            if was_paused:
+                # A stopped process cannot act on the stop signal until continued.
+                self._signal_tree(run, signal.SIGCONT)
+            escalated: asyncio.Future[object] = asyncio.ensure_future(collector.escalate.wait())
+            try:
+                exited: asyncio.Future[object] = run.exited  # type: ignore[assignment]
+                await asyncio.wait(
+                    {exited, escalated},
+                    timeout=graceful_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                escalated.cancel()
+            if run.exited.done():
+                await self._kill_leftovers(run, within_seconds=force_seconds)
+                return run.exited.result()
+            log.info(
+                "%s: still running %.1f s after %s; killing",
+                collector.collector_id,
+                graceful_seconds,
+                stop_signal.name,
+            )
+        self._kill_tree(run)
+        try:
+            code = await asyncio.wait_for(asyncio.shield(run.exited), force_seconds)
+        except TimeoutError:
+            raise TerminateFailed(
+                f"collector {collector.collector_id!r} (pid {run.pid}) is still alive "
+                f"{force_seconds:g} s after SIGKILL"
+            ) from None
+        await self._kill_leftovers(run, within_seconds=force_seconds)
+        return code
+
+    async def _kill_leftovers(self, run: _Run, *, within_seconds: float = 5.0) -> None:
+        """After the main process is gone, SIGKILL what remains of its tree."""
+        deadline = now() + within_seconds
+        while members := self._tree_members(run):
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if run.cgroup is not None:
+                run.cgroup.kill()
+            if now() >= deadline:
+                raise TerminateFailed(
+                    f"processes {members} of pid {run.pid} survive SIGKILL for {within_seconds:g} s"
+                )
+            # Killed processes leave the tree within microseconds; the kernel
+            # offers no portable notification for that, so look again shortly.
+            await asyncio.sleep(ESCAPEE_SETTLE_SECONDS)
+
+    def _release(self, run: _Run) -> None:
+        if run.cgroup is not None and not run.cgroup.remove():
+            log.debug("cgroup %s not yet empty; left for shutdown", run.cgroup.path)
+
+    # -- signals and the process tree -----------------------------------------
+
+    def _signal_group(self, run: _Run, signum: int) -> None:
+        """The collector's process group: what DESIGN §4 sends the stop signal to."""
+        try:
+            os.killpg(run.pid, signum)
+        except ProcessLookupError:
+            pass
+        except PermissionError as exc:
+            raise Io(f"cannot signal process group {run.pid}: {exc.strerror}") from exc
+
+    def _signal_tree(self, run: _Run, signum: int) -> None:
+        """The whole tree, escapees included (pause, resume)."""
+        self._signal_group(run, signum)
+        for pid in self._tree_members(run):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _kill_tree(self, run: _Run) -> None:
+        if run.cgroup is not None:
+            run.cgroup.kill()
+        self._signal_tree(run, signal.SIGKILL)
+
+    def _tree_members(self, run: _Run) -> list[int]:
+        """Live processes of this run other than reaped ones: cgroup, else group + session."""
+        if run.cgroup is not None:
+            return run.cgroup.pids()
+        members: set[int] = set()
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if os.getsid(proc.pid) == run.pid or os.getpgid(proc.pid) == run.pid:
+                    if proc.status() != psutil.STATUS_ZOMBIE:
+                        members.add(proc.pid)
+            except (OSError, psutil.Error):
+                continue
+        return sorted(members)
+
+    async def _confirm_stopped(self, run: _Run, *, stopped: bool) -> None:
+        deadline = now() + STATE_CONFIRM_SECONDS
+        while True:
+            state = _kernel_state(run.pid)
+            if state is None or run.exited.done():
+                raise InvalidState(f"pid {run.pid} exited before it could be confirmed")
+            if (state in "Tt") == stopped:
+                return
+            if now() >= deadline:
+                raise Timeout(
+                    f"pid {run.pid} did not {'stop' if stopped else 'continue'} "
+                    f"within {STATE_CONFIRM_SECONDS:g} s (state {state})"
+                )
+            # The kernel does not notify a non-waiting parent of SIGSTOP/SIGCONT.
+            await asyncio.sleep(0.001)
+
+    # -- health ---------------------------------------------------------------
+
+    def _restart_probe(self, collector: _Collector, run: _Run) -> None:
+        if run.probe_task is not None:
+            run.probe_task.cancel()
+            run.probe_task = None
+        run.probe_failures = 0
+        run.probe_passed = None
+        if collector.config.health_check is not None:
+            run.probe_task = asyncio.ensure_future(self._probe_loop(collector, run))
+
+    async def _probe_loop(self, collector: _Collector, run: _Run) -> None:
+        watcher = self._ensure_started()
+        while not run.exited.done():
+            check = collector.config.health_check
+            if check is None:
+                return
+            interval = check.interval_seconds or self.config.health_check_interval_seconds
+            await asyncio.sleep(interval)
+            if collector.state != CollectorState.RUNNING or collector.run is not run:
+                continue
+            result = await run_probe(
+                check, env=run.env, cwd=collector.config.working_dir, watcher=watcher
+            )
+            if result.ok:
+                if run.probe_failures:
+                    self._emit(collector, "probe", f"health probe passes again: {result.detail}")
+                run.probe_failures, run.probe_passed = 0, True
+                continue
+            run.probe_failures += 1
+            run.probe_passed = False
+            self._emit(
+                collector,
+                "probe",
+                f"health probe failed ({run.probe_failures}/{check.failure_threshold}): "
+                f"{result.detail}",
+            )
+            if run.probe_failures >= check.failure_threshold:
+                self._spawn_task(
+                    self._handle_unhealthy(collector, run, result.detail),
+                    name=f"unhealthy {collector.collector_id}",
+                )
+                return
+
+    async def _handle_unhealthy(self, collector: _Collector, run: _Run, detail: str) -> None:
+        policy = RestartPolicy.resolve(collector.config, self.config)
+        if not policy.auto_restart:
+            return
+        async with collector.lock:
+            if collector.run is not run or collector.state != CollectorState.RUNNING:
+                return
+            description = f"unhealthy: {detail}"
+            collector.last_error = description
+            self._emit(collector, "unhealthy", f"{description}; restarting")
+            await self._stop_locked(collector, graceful=True, timeout=None)
+            await self._after_unexpected_end(
+                collector, run_seconds=now() - run.started_at, description=description
+            )
+
+    def _health(self, collector: _Collector) -> HealthStatus:
+        state, run = collector.state, collector.run
+        check = collector.config.health_check
+        if state == CollectorState.FAILED:
+            return HealthStatus.UNHEALTHY
+        if run is not None and check is not None and run.probe_failures >= check.failure_threshold:
+            return HealthStatus.UNHEALTHY
+        if state in (CollectorState.STARTING, CollectorState.STOPPING, CollectorState.BACKOFF):
+            return HealthStatus.DEGRADED
+        if state.value != collector.desired.value:
+            return HealthStatus.DEGRADED
+        if state in PROCESS_STATES and run is not None:
+            if run.exited.done() or _kernel_state(run.pid) in (None, "Z", "X"):
+                return HealthStatus.DEGRADED
+            if check is not None and state == CollectorState.RUNNING:
+                if run.probe_failures > 0:
+                    return HealthStatus.DEGRADED
+                if run.probe_passed is None:
+                    return HealthStatus.UNKNOWN
+        return HealthStatus.HEALTHY
+
+
+def _kernel_state(pid: int) -> str | None:
+    """The state letter of ``/proc/<pid>/stat`` (R, S, D, T, Z, ...), ``None`` if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: the state follows the last ')'.
+    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3].decode()
+
+
+def _require_job_control() -> None:
+    if not hasattr(signal, "SIGSTOP") or not hasattr(os, "killpg"):
+        raise PlatformNotSupported("pause and resume need POSIX job-control signals")
+
+

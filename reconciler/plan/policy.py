@@ -89,7 +89,9 @@ def backoff_delay_seconds(policy: RestartPolicy, *, attempt: int, jitter_key: st
     return base * (1.0 - JITTER_FRACTION * spread)
 
 
-def series_after_run(policy: RestartPolicy, *, consecutive_restarts: int, run_seconds: float) -> int:
+def series_after_run(
+    policy: RestartPolicy, *, consecutive_restarts: int, run_seconds: float
+) -> int:
     """Restarts still counted in the series once a run of ``run_seconds`` has ended."""
     return 0 if run_seconds >= policy.reset_seconds else consecutive_restarts
 

@@ -754,17 +754,23 @@ class CollectorProcessManager:
         return sorted(members)
 
     async def _confirm_stopped(self, run: _Run, *, stopped: bool) -> None:
+        """Wait until the kernel shows every process of the tree stopped (or running)."""
         deadline = now() + STATE_CONFIRM_SECONDS
         while True:
-            state = _kernel_state(run.pid)
-            if state is None or run.exited.done():
+            if run.exited.done() or _kernel_state(run.pid) is None:
                 raise InvalidState(f"pid {run.pid} exited before it could be confirmed")
-            if (state in "Tt") == stopped:
+            states = {pid: _kernel_state(pid) for pid in {run.pid, *self._tree_members(run)}}
+            pending = {
+                pid: state
+                for pid, state in states.items()
+                if state is not None and state not in "ZX" and (state in "Tt") != stopped
+            }
+            if not pending:
                 return
             if now() >= deadline:
                 raise Timeout(
-                    f"pid {run.pid} did not {'stop' if stopped else 'continue'} "
-                    f"within {STATE_CONFIRM_SECONDS:g} s (state {state})"
+                    f"processes {sorted(pending)} did not {'stop' if stopped else 'continue'} "
+                    f"within {STATE_CONFIRM_SECONDS:g} s"
                 )
             # The kernel does not notify a non-waiting parent of SIGSTOP/SIGCONT.
             await asyncio.sleep(0.001)
@@ -864,5 +870,3 @@ def _kernel_state(pid: int) -> str | None:
 def _require_job_control() -> None:
     if not hasattr(signal, "SIGSTOP") or not hasattr(os, "killpg"):
         raise PlatformNotSupported("pause and resume need POSIX job-control signals")
-
-

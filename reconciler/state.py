@@ -43,7 +43,12 @@ TRANSITIONAL_STATES = frozenset(
 """States a collector passes through on its way somewhere else."""
 
 PROCESS_STATES = frozenset(
-    {CollectorState.STARTING, CollectorState.RUNNING, CollectorState.PAUSED, CollectorState.STOPPING}
+    {
+        CollectorState.STARTING,
+        CollectorState.RUNNING,
+        CollectorState.PAUSED,
+        CollectorState.STOPPING,
+    }
 )
 """States in which the collector has a live process."""
 

@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from reconciler.errors import PlatformNotSupported
 
@@ -44,6 +44,7 @@ class ExitWatcher:
         self._loop = loop
         self._watched: dict[int, tuple[subprocess.Popen[bytes], int, Callable[[int], None]]] = {}
         self._reap_orphans = False
+        self._spawning = 0
         if reap_orphans:
             try:
                 loop.add_signal_handler(signal.SIGCHLD, self._reap_all)
@@ -52,6 +53,20 @@ class ExitWatcher:
                 # Signal handlers only work in the main thread; orphans are
                 # then reaped whenever one of our own children exits.
                 log.debug("no SIGCHLD handler (%s); reaping orphans on child exits", exc)
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[None]:
+        """Hold off orphan reaping while a child is forked but not yet watched.
+
+        Otherwise a child that exits at once could be taken for an orphan and
+        reaped, and its exit code lost.
+        """
+        self._spawning += 1
+        try:
+            yield
+        finally:
+            self._spawning -= 1
+            self._reap_all()
 
     def watch(self, popen: subprocess.Popen[bytes], on_exit: Callable[[int], None]) -> None:
         """Call ``on_exit(returncode)`` once ``popen`` has exited (and been reaped)."""
@@ -75,7 +90,7 @@ class ExitWatcher:
 
     def _reap_all(self) -> None:
         """Reap every exited child: ours through its Popen, orphans directly."""
-        if not self._reap_orphans:
+        if not self._reap_orphans or self._spawning:
             return
         while True:
             try:

@@ -19,8 +19,10 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +58,10 @@ from reconciler.state import (
 log = logging.getLogger(__name__)
 
 SPAWN_RETRY_SECONDS = 0.01
+SPAWN_THREADS = 2
+"""Fork/exec blocks until the child has exec'd (joining a cgroup alone takes a few
+milliseconds in the kernel): a small fixed pool keeps that off the event loop and
+lets concurrent starts overlap. The thread count stays constant."""
 STATE_CONFIRM_SECONDS = 2.0
 ESCAPEE_SETTLE_SECONDS = 0.002
 
@@ -148,6 +154,7 @@ class CollectorProcessManager:
         self._tasks: set[asyncio.Task[object]] = set()
         self._listeners: list[Callable[[ManagerEvent], None]] = []
         self._closing = False
+        self._spawner: ThreadPoolExecutor | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -159,6 +166,7 @@ class CollectorProcessManager:
                 asyncio.get_running_loop(), reap_orphans=self._child_subreaper
             )
             self._cgroups = CgroupTree.detect() if self._want_cgroups else None
+            self._spawner = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="spawn")
             log.debug(
                 "process tracking: %s",
                 f"cgroup {self._cgroups.path}" if self._cgroups else "process groups",
@@ -390,6 +398,9 @@ class CollectorProcessManager:
             self._watcher = None
             if self._child_subreaper:
                 set_child_subreaper(False)
+        if self._spawner is not None:
+            self._spawner.shutdown(wait=True)
+            self._spawner = None
         self._closing = False
         for error in errors:
             if not isinstance(error, ProcessManagerError):
@@ -466,14 +477,17 @@ class CollectorProcessManager:
             ),
         )
         try:
-            popen = None
-            for _ in range(spawn.ETXTBSY_RETRIES):
-                popen = spawn.try_spawn(request)
-                if popen is not None:
-                    break
-                await asyncio.sleep(SPAWN_RETRY_SECONDS)
-            if popen is None:
-                raise SpawnFailed(f"cannot start {argv0}: text file busy (still being written)")
+            with watcher.spawning():
+                popen = await self._fork_exec(request)
+                run = _Run(
+                    pid=popen.pid,
+                    started_at=now(),
+                    started_wall=time.time(),
+                    cgroup=cgroup,
+                    exited=asyncio.get_running_loop().create_future(),
+                    env=env,
+                )
+                watcher.watch(popen, lambda code: self._on_exit(collector, run, code))
         except BaseException:
             if cgroup is not None:
                 cgroup.remove()
@@ -481,17 +495,16 @@ class CollectorProcessManager:
         finally:
             if cgroup_fd is not None:
                 os.close(cgroup_fd)
-        loop = asyncio.get_running_loop()
-        run = _Run(
-            pid=popen.pid,
-            started_at=now(),
-            started_wall=time.time(),
-            cgroup=cgroup,
-            exited=loop.create_future(),
-            env=env,
-        )
-        watcher.watch(popen, lambda code: self._on_exit(collector, run, code))
         return run
+
+    async def _fork_exec(self, request: spawn.LaunchRequest) -> subprocess.Popen[bytes]:
+        loop = asyncio.get_running_loop()
+        for _ in range(spawn.ETXTBSY_RETRIES):
+            popen = await loop.run_in_executor(self._spawner, spawn.try_spawn, request)
+            if popen is not None:
+                return popen
+            await asyncio.sleep(SPAWN_RETRY_SECONDS)
+        raise SpawnFailed(f"cannot start {request.argv[0]}: text file busy (still being written)")
 
     def _new_cgroup(self, collector: _Collector) -> RunCgroup | None:
         if self._cgroups is None:

@@ -34,7 +34,11 @@ UNLIMITED = "unlimited"
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Attribute docstrings become field descriptions in the JSON Schema, which
+    # editors show on hover (``reconciler schema``).
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 class ResourceLimits(_Frozen):
@@ -54,12 +58,17 @@ class HealthCheck(_Frozen):
     """A liveness probe beyond "the process exists": exactly one of exec, http, tcp."""
 
     exec: Annotated[list[str], Field(min_length=1)] | None = None
+    """Probe command (no shell); it passes when it exits 0."""
     http: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    """Probe URL (http:// or https://)."""
     tcp: Annotated[str, Field(pattern=r"^\[?[^\s\]]+\]?:\d{1,5}$")] | None = None
+    """Probe address HOST:PORT; it passes when a connection opens."""
     interval_seconds: PositiveFloat | None = None
     """Default: the manager's ``health_check_interval_seconds``."""
     timeout_seconds: PositiveFloat = 5.0
+    """A probe that takes longer has failed."""
     failure_threshold: PositiveInt = 3
+    """Consecutive failures that make the collector unhealthy (restarted when auto_restart)."""
 
     @model_validator(mode="after")
     def _exactly_one_probe(self) -> HealthCheck:
@@ -77,7 +86,9 @@ def _normalise_signal(value: str) -> str:
     if not name.startswith("SIG"):
         name = "SIG" + name
     if name not in signal.Signals.__members__:
-        raise ValueError(f"{value!r} is not a signal name (e.g. SIGTERM, SIGINT, SIGQUIT)")
+        raise ValueError(
+            f'must be a signal name such as "SIGTERM", "SIGINT" or "SIGQUIT" (got "{value}")'
+        )
     return name
 
 
@@ -88,22 +99,41 @@ class CollectorConfig(_Frozen):
     """
 
     binary_path: str | None = None
+    """Absolute, relative to the spec directory, or a bare name found on PATH.
+    Default: the manager's ``collector_binaries[type]``, then ``/usr/local/bin/<type>``."""
     args: tuple[str, ...] = ()
+    """Command-line arguments (no shell)."""
     env: dict[str, str] = Field(default_factory=dict)
+    """Added to a minimal inherited environment."""
     working_dir: str | None = None
+    """Working directory of the collector."""
     user: str | None = None
+    """Run as this user; only when the reconciler runs as root."""
     group: str | None = None
+    """Run as this group; only when the reconciler runs as root."""
     auto_restart: bool | None = None
+    """Restart after a crash. Default: the manager's ``enable_auto_restart``."""
     max_restarts: NonNegativeInt | Literal["unlimited"] = 3
+    """Consecutive automatic restarts before ``failed``; "unlimited" never gives up."""
     graceful_timeout_seconds: NonNegativeFloat | None = None
+    """Wait after ``stop_signal`` before SIGKILL. Default: the manager's."""
     force_timeout_seconds: PositiveFloat | None = None
+    """Wait after SIGKILL before giving up (TERMINATE_FAILED). Default: the manager's."""
     stop_signal: str = "SIGTERM"
+    """Sent to the collector's process group to stop it."""
     log: LogMode = "file"
+    """Where output goes. "file": <state_dir>/logs/<id>.log, rotated by size; "inherit": the
+    reconciler's stdout/stderr; "null": discarded."""
     resource_limits: ResourceLimits | None = None
+    """Enforced limits (cgroup where available, else rlimits)."""
     health_check: HealthCheck | None = None
+    """A liveness probe: exactly one of exec, http or tcp."""
     restart_backoff_initial_seconds: PositiveFloat | None = None
+    """First delay of a crash series; doubles each crash. Default: the manager's."""
     restart_backoff_max_seconds: PositiveFloat | None = None
+    """Cap of the backoff delay. Default: the manager's."""
     restart_reset_seconds: PositiveFloat | None = None
+    """A run this long ends the crash series. Default: the manager's."""
 
     @field_validator("stop_signal")
     @classmethod
@@ -115,7 +145,19 @@ class CollectorConfig(_Frozen):
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
             if not key or "=" in key or "\0" in key:
-                raise ValueError(f"{key!r} is not a valid environment variable name")
+                raise ValueError(
+                    f'"{key}" is not an environment variable name (empty, or has "=" or NUL)'
+                )
+        if any("\0" in item for item in value.values()):
+            raise ValueError("environment values cannot contain NUL characters")
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _no_nul_in_args(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # A NUL cannot be passed to exec: refuse it here, not as SPAWN_FAILED later.
+        if any("\0" in item for item in value):
+            raise ValueError("arguments cannot contain NUL characters")
         return value
 
 
@@ -123,8 +165,11 @@ class CollectorSpec(CollectorConfig):
     """One spec file: a collector's config plus its type and desired state."""
 
     type: CollectorType
+    """Collector type: the binary lookup key and the ``type`` metric label."""
     state: DesiredState = DesiredState.RUNNING
+    """Desired state."""
     id: CollectorId | None = None
+    """Optional; must equal the file name without ``.toml`` (the file name is the id)."""
 
     def collector_config(self) -> CollectorConfig:
         """The part of the spec the process manager needs."""

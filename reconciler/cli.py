@@ -1,0 +1,305 @@
+"""The ``reconciler`` command line: argument parsing and one function per subcommand.
+
+Each subcommand is a ``Subcommand`` entry in ``SUBCOMMANDS``: a name, a help
+line, a function that declares its arguments and a function that runs it and
+returns the exit code. To add one (``run``, ``status``, ...), write those two
+functions and append an entry; ``main`` needs no change.
+
+Exit codes (DESIGN §7): 0 success; 1 an error, printed to stderr as
+``FILE: KEY: reason`` lines for spec problems or ``CODE: message`` for other
+``ReconcilerError``; 2 a usage error (argparse's own).
+
+Reading and writing files happens here, never in ``reconciler.spec``, which
+only turns bytes into models. The console script ``reconciler`` calls ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler import __version__
+from reconciler.errors import InvalidSpec, ReconcilerError
+from reconciler.spec import (
+    SPEC_SUFFIX,
+    is_ignored_filename,
+    json_schema,
+    parse_spec,
+    starter_spec,
+)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Subcommand:
+    """One ``reconciler NAME ...`` command."""
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    usage: str | None = None
+    """Overrides argparse's usage line (needed when ``passthrough`` is set)."""
+    passthrough: bool = False
+    """Takes ``-- ARGS...``: everything after the first ``--`` lands, verbatim,
+    in ``args.passthrough`` (a list; empty for commands without it)."""
+
+
+# --- validate -------------------------------------------------------------------------
+
+
+def _validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help=f"a spec file, or a directory: every *{SPEC_SUFFIX} file directly in it",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="print only problems, not an ok line per file"
+    )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check spec files as the reconciler would load them; list every problem of every file."""
+    checked = failed = problem_count = 0
+    for display, problems in _check_paths(args.paths):
+        checked += 1
+        if problems:
+            failed += 1
+            problem_count += len(problems)
+            for problem in problems:
+                print(problem, file=sys.stderr)
+        elif not args.quiet:
+            print(f"ok {display}")
+    if failed:
+        print(
+            f"{InvalidSpec.code}: {_plural(problem_count, 'problem')} in "
+            f"{failed} of {_plural(checked, 'file')}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _check_paths(paths: list[str]) -> Iterator[tuple[str, list[str]]]:
+    """(file as shown, its problems) for every spec file the paths name."""
+    for path in paths:
+        if not Path(path).is_dir():
+            yield path, _check_file(path)
+            continue
+        try:
+            names = sorted(entry.name for entry in os.scandir(path))
+        except OSError as exc:
+            yield path, [f"{path}: cannot read directory: {exc.strerror or exc}"]
+            continue
+        # The same rule the reconciler's directory watcher applies.
+        spec_names = [name for name in names if not is_ignored_filename(name)]
+        if not spec_names:
+            print(f"{path}: no *{SPEC_SUFFIX} spec files here", file=sys.stderr)
+        for name in spec_names:
+            display = os.path.join(path, name)
+            yield display, _check_file(display)
+
+
+def _check_file(path: str) -> list[str]:
+    name = os.path.basename(path)
+    if is_ignored_filename(name):
+        # Named on the command line, but the reconciler would never load it.
+        return [
+            f"{path}: file name: not a spec file, the reconciler ignores it "
+            f'(spec files are named <id>{SPEC_SUFFIX} and do not start with ".")'
+        ]
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return [f"{path}: cannot read: {exc.strerror or exc}"]
+    try:
+        parse_spec(data, filename=path, collector_id=name.removesuffix(SPEC_SUFFIX))
+    except InvalidSpec as exc:
+        return exc.problems
+    return []
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+# --- schema ---------------------------------------------------------------------------
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of spec files."""
+    del args
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+# --- new ------------------------------------------------------------------------------
+
+
+def _new_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID", help="collector id: the spec file's name without .toml")
+    parser.add_argument("--type", metavar="T", help="collector type (default: the id)")
+    parser.add_argument("--binary", metavar="B", help="binary_path (default: looked up by type)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help=f"write FILE (named ID{SPEC_SUFFIX}; a directory means DIR/ID{SPEC_SUFFIX}) "
+        "instead of stdout",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite an existing FILE")
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    """Write a valid starter spec to stdout or a file."""
+    text = starter_spec(
+        args.id, collector_type=args.type, binary_path=args.binary, args=args.passthrough
+    )
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    target = Path(args.output)
+    if target.is_dir():
+        target = target / f"{args.id}{SPEC_SUFFIX}"
+    expected = f"{args.id}{SPEC_SUFFIX}"
+    if target.name != expected:
+        # The file name is the id: any other name would define another collector.
+        print(
+            f"{target}: file name: must be {expected}, since the file name is the collector id "
+            f'(this name would define "{target.name.removesuffix(SPEC_SUFFIX)}", '
+            f'not "{args.id}")',
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    try:
+        _write_file(target, text, overwrite=args.force)
+    except FileExistsError:
+        print(f"{target}: already exists (use --force to overwrite it)", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"{target}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"wrote {target}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _write_file(target: Path, text: str, *, overwrite: bool) -> None:
+    """Write ``target`` all at once, as a watching reconciler must never see half a spec.
+
+    The text goes to a hidden temporary file next to it (ignored by the
+    watcher, being a dot file), which then takes the final name: ``os.replace``
+    to overwrite, ``os.link`` otherwise, which fails if the name was taken
+    meanwhile instead of clobbering it. Raises ``FileExistsError``.
+    """
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    # 0644 less the umask, like any new file; never group/world-writable by default,
+    # which a reconciler running as root would refuse.
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        if overwrite:
+            os.replace(temporary, target)
+        else:
+            os.link(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+# --- registry and dispatch ------------------------------------------------------------
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand(
+        name="validate",
+        help="check spec files or directories; exit 1 naming file, key and reason",
+        add_arguments=_validate_arguments,
+        run=cmd_validate,
+    ),
+    Subcommand(
+        name="schema",
+        help="print the JSON Schema of spec files (for editors and CI linting)",
+        run=cmd_schema,
+    ),
+    Subcommand(
+        name="new",
+        help="print or write a valid starter spec",
+        add_arguments=_new_arguments,
+        run=cmd_new,
+        usage="%(prog)s ID [--type T] [--binary B] [-o FILE] [--force] [-- ARGS...]",
+        passthrough=True,
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reconciler",
+        description="Declarative supervisor for collector processes.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for subcommand in SUBCOMMANDS:
+        sub = commands.add_parser(
+            subcommand.name,
+            help=subcommand.help,
+            description=subcommand.help,
+            usage=subcommand.usage,
+        )
+        if subcommand.add_arguments is not None:
+            subcommand.add_arguments(sub)
+        sub.set_defaults(subcommand=subcommand)
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; exits with 2 (argparse) on a usage error."""
+    parser = build_parser()
+    by_name = {subcommand.name: subcommand for subcommand in SUBCOMMANDS}
+    cut = argv.index("--") if "--" in argv else len(argv)
+    words = [arg for arg in argv[:cut] if not arg.startswith("-")]
+    # argparse cannot take "ID --type T -- ARGS": a "*" positional is consumed,
+    # empty, at the ID, and what follows "--" is then "unrecognized". So for a
+    # passthrough command the tail is cut off before parsing.
+    if cut < len(argv) and words and words[0] in by_name and by_name[words[0]].passthrough:
+        args = parser.parse_args(argv[:cut])
+        args.passthrough = argv[cut + 1 :]
+    else:
+        args = parser.parse_args(argv)
+        args.passthrough = []
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it)."""
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as exc:  # --help, --version, usage errors
+        if exc.code is None:
+            return EXIT_OK
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    subcommand: Subcommand = args.subcommand
+    try:
+        return subcommand.run(args)
+    except InvalidSpec as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_ERROR
+    except ReconcilerError as exc:
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # `reconciler schema | head`: the reader left. Python would print a
+        # traceback at exit flushing stdout; point it at /dev/null instead.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR

@@ -1,0 +1,136 @@
+"""Size-based rotation of collector log files, without routing output through the reconciler.
+
+A collector with ``log = "file"`` writes straight to ``<log_dir>/<id>.log``
+through a file descriptor opened with ``O_APPEND`` before exec (see
+``reconciler.process.spawn``); the reconciler keeps no descriptor to it, so
+the output survives a reconciler restart. Such a file cannot be rotated by
+renaming it (the collector would go on writing to the renamed file), so this
+module rotates copytruncate-style, as logrotate's ``copytruncate`` does: copy
+the content to ``<id>.log.1``, then truncate the original to zero length.
+Because every writer holds the file with ``O_APPEND``, its next write lands at
+the new end of file, offset 0, with no hole before it.
+
+Called by the reconcile loop on a timer, with ``log_max_bytes`` and
+``log_backups`` from the ``[reconciler]`` table. Plain blocking filesystem
+code: the caller runs it in a worker thread if it must not block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LOG_SUFFIX = ".log"
+
+
+def backup_path(path: Path, number: int) -> Path:
+    """The ``number``-th backup of ``path``: ``<id>.log.1`` is the newest."""
+    return path.with_name(f"{path.name}.{number}")
+
+
+def rotate_if_needed(path: Path, *, max_bytes: int, backups: int) -> bool:
+    """Rotate ``path`` if it is larger than ``max_bytes``; whether it was rotated.
+
+    Backups shift up (``.1`` -> ``.2`` ...), those beyond ``backups`` are
+    removed (also any left from a larger ``backups`` setting), the content is
+    copied to ``.1`` and the file is truncated to zero length. With
+    ``backups = 0`` the file is only truncated. A missing file is not an error
+    (the collector has not written yet, or its spec is gone).
+
+    Trade-off, as with logrotate's ``copytruncate``: whatever a collector
+    writes between the end of the copy and the truncation is lost. The copy
+    reads up to the end of the file and the truncation follows at once through
+    the same descriptor, so the window is the time of one system call; the
+    alternative, sending output through the reconciler, would lose everything
+    whenever the reconciler restarts.
+
+    A writer without ``O_APPEND`` would keep its old offset and leave a sparse
+    hole at the start of the truncated file; the process manager always opens
+    log files with ``O_APPEND``.
+    """
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be > 0 (got {max_bytes})")
+    if backups < 0:
+        raise ValueError(f"backups must be >= 0 (got {backups})")
+    try:
+        size_bytes = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if size_bytes <= max_bytes:
+        return False
+    try:
+        # O_NOFOLLOW: never truncate what a planted symlink points to (we may run as root).
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    with open(fd, "r+b", buffering=0) as log:
+        _drop_old_backups(path, keep=backups)
+        if backups == 0:
+            os.ftruncate(fd, 0)
+            return True
+        _shift_backups(path, backups=backups)
+        # Written beside the backup and renamed into place: a reader never sees half a copy.
+        partial = path.with_name(f".{path.name}.1.partial")
+        mode = os.fstat(fd).st_mode & 0o777
+        try:
+            with open(
+                os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode),
+                "wb",
+                buffering=0,  # every byte written once copyfileobj returns: none left to flush
+            ) as copy:
+                shutil.copyfileobj(log, copy)
+                # Straight after the copy's last read: lines written in between are lost.
+                os.ftruncate(fd, 0)
+        except BaseException:
+            # A failed copy (a full disk) leaves the log untouched and no stray partial.
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+            raise
+    os.replace(partial, backup_path(path, 1))
+    return True
+
+
+def rotate_all(log_dir: Path, *, max_bytes: int, backups: int) -> list[Path]:
+    """Rotate every ``*.log`` directly in ``log_dir`` that needs it; the rotated ones.
+
+    One file that cannot be rotated (permissions, a full disk) is logged and
+    skipped, so that it does not keep the others from being rotated. A missing
+    ``log_dir`` means no collector has logged yet: nothing to do.
+    """
+    rotated: list[Path] = []
+    try:
+        entries = sorted(log_dir.iterdir())
+    except FileNotFoundError:
+        return rotated
+    for path in entries:
+        if path.suffix != LOG_SUFFIX or path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            if rotate_if_needed(path, max_bytes=max_bytes, backups=backups):
+                rotated.append(path)
+        except OSError as exc:
+            logger.warning("cannot rotate log file %s: %s", path, exc)
+    return rotated
+
+
+def _shift_backups(path: Path, *, backups: int) -> None:
+    # Oldest first, so that each rename has a free target; the one at `backups`
+    # is overwritten, which is how the oldest is dropped.
+    for number in range(backups - 1, 0, -1):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(backup_path(path, number), backup_path(path, number + 1))
+
+
+def _drop_old_backups(path: Path, *, keep: int) -> None:
+    numbered = re.compile(re.escape(path.name) + r"\.([0-9]+)")
+    for entry in path.parent.iterdir():
+        match = numbered.fullmatch(entry.name)
+        if match is not None and int(match.group(1)) > keep:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()

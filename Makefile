@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# .venv/bin on PATH: the example specs name the shipped collectors by bare name.
 run: venv
-	$(BIN)/reconciler run --specs specs --state-dir .state --metrics-address 127.0.0.1:9184 --socket .state/api.sock
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/reconciler run --specs specs --state-dir .state --metrics-address 127.0.0.1:9184 --socket .state/api.sock
 
 lint: venv
 	$(BIN)/ruff check reconciler tests bench

@@ -1,4 +1,14 @@
-"""reconciler: a declarative, operator-style supervisor for collector processes."""
+"""reconciler: a declarative, operator-style supervisor for collector processes.
+
+The public API is exported here (``__all__``). Names are imported on first use
+(PEP 562), so ``import reconciler`` — which every collector, probe and CLI call
+pays — does not load the process manager and its dependencies until asked.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import (
     AlreadyRunning,
@@ -14,17 +24,47 @@ from reconciler.errors import (
     TerminateFailed,
     Timeout,
 )
-from reconciler.process import CollectorProcessManager, ManagerEvent
-from reconciler.spec import (
-    CollectorConfig,
-    CollectorSpec,
-    HealthCheck,
-    ProcessManagerConfig,
-    ResourceLimits,
-)
-from reconciler.state import CollectorState, CollectorStatus, DesiredState, HealthStatus
+
+if TYPE_CHECKING:
+    from reconciler.process import CollectorProcessManager, ManagerEvent
+    from reconciler.spec import (
+        CollectorConfig,
+        CollectorSpec,
+        HealthCheck,
+        ProcessManagerConfig,
+        ResourceLimits,
+    )
+    from reconciler.state import CollectorState, CollectorStatus, DesiredState, HealthStatus
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "CollectorProcessManager": "reconciler.process",
+    "ManagerEvent": "reconciler.process",
+    "CollectorConfig": "reconciler.spec",
+    "CollectorSpec": "reconciler.spec",
+    "HealthCheck": "reconciler.spec",
+    "ProcessManagerConfig": "reconciler.spec",
+    "ResourceLimits": "reconciler.spec",
+    "CollectorState": "reconciler.state",
+    "CollectorStatus": "reconciler.state",
+    "DesiredState": "reconciler.state",
+    "HealthStatus": "reconciler.state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reconciler' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AlreadyRunning",

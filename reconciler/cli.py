@@ -216,9 +216,52 @@ def _write_file(target: Path, text: str, *, overwrite: bool) -> None:
         temporary.unlink(missing_ok=True)
 
 
+# --- run ------------------------------------------------------------------------------
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE", help="manager config (TOML)")
+    parser.add_argument("--specs", type=Path, metavar="DIR", help="the spec directory to watch")
+    parser.add_argument("--state-dir", type=Path, metavar="DIR", help="state file and logs")
+    parser.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        help="metrics listener (/metrics, /healthz, /readyz); port 0 picks one and logs it",
+    )
+    parser.add_argument("--socket", type=Path, metavar="PATH", help="control API unix socket")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # Imported here: the daemon pulls in the whole runtime, which the quick
+    # client commands do not need.
+    from reconciler.daemon import RunOptions, run
+
+    return run(
+        RunOptions(
+            config_path=args.config,
+            specs_dir=args.specs,
+            state_dir=args.state_dir,
+            metrics_address=args.metrics_address,
+            socket_path=args.socket,
+            log_format=args.log_format,
+            log_level=args.log_level,
+        )
+    )
+
+
 # --- registry and dispatch ------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand(
+        name="run",
+        help="the daemon: keep processes equal to the spec directory (foreground, logs to stderr)",
+        add_arguments=_run_arguments,
+        run=cmd_run,
+    ),
     Subcommand(
         name="validate",
         help="check spec files or directories; exit 1 naming file, key and reason",

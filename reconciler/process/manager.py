@@ -255,20 +255,33 @@ class CollectorProcessManager:
             collector.desired = DesiredState.STOPPED
             return await self._stop_locked(collector, graceful=graceful, timeout=timeout)
 
-    async def restart_collector(self, collector_id: str, timeout: float | None = None) -> int:
+    async def restart_collector(
+        self,
+        collector_id: str,
+        timeout: float | None = None,
+        *,
+        config: CollectorConfig | None = None,
+        collector_type: str | None = None,
+        reason: str = "restarted",
+    ) -> int:
         """Gracefully stop (if running) and start again; return the new pid.
 
-        Also how an operator brings back a ``failed`` collector.
+        Also how an operator brings back a ``failed`` collector. With
+        ``config`` (and ``collector_type``), the new process runs that spec.
         """
         collector = self._get(collector_id)
         async with collector.lock:
             if self._closing:
                 raise InvalidState("the process manager is shutting down")
             await self._stop_locked(collector, graceful=True, timeout=timeout)
+            if config is not None:
+                collector.config = config
+            if collector_type is not None:
+                collector.collector_type = collector_type
             collector.restart_count += 1
             collector.consecutive_restarts = 0
             collector.desired = DesiredState.RUNNING
-            return await self._spawn(collector, reason="restarted")
+            return await self._spawn(collector, reason=reason)
 
     async def replace_config(self, collector_id: str, config: CollectorConfig) -> None:
         """Apply a config whose process identity is unchanged (policy, timeouts, probe).

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import watchfiles
@@ -89,7 +89,7 @@ class SpecSource:
 
     async def watch(
         self, *, stop_event: asyncio.Event | None = None
-    ) -> AsyncIterator[SpecSnapshot]:
+    ) -> AsyncGenerator[SpecSnapshot, None]:
         """Yield the current snapshot, then every snapshot that differs from the last one.
 
         Runs until cancelled or until ``stop_event`` is set. Use it with

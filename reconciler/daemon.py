@@ -1,0 +1,198 @@
+"""``reconciler run``: config and flags -> spec source, process manager, loop, servers.
+
+Composes the runtime pieces and owns the process-wide concerns: logging to
+stderr (text or JSON lines), SIGHUP (reload the config file), SIGTERM and
+SIGINT (stop every collector concurrently and exit 0, or keep them running for
+re-adoption with ``on_exit = "keep"``). Called by ``reconciler.cli``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import InvalidSpec
+from reconciler.loop import Reconciler, run_until
+from reconciler.process import CollectorProcessManager
+from reconciler.source import SpecSource
+from reconciler.spec.load import parse_manager_config
+from reconciler.spec.models import ManagerConfigFile, ReconcilerSettings
+
+log = logging.getLogger("reconciler")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Command-line flags of ``reconciler run``; ``None`` means "from the config file"."""
+
+    config_path: Path | None = None
+    specs_dir: Path | None = None
+    state_dir: Path | None = None
+    metrics_address: str | None = None
+    socket_path: Path | None = None
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(log_format: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        formatter = logging.Formatter(
+            "%(asctime)s.%(msecs)03dZ %(levelname)-7s %(name)s: %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+        )
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiohttp logs every request at INFO; the reconciler's own lines matter more.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+
+
+def load_config(options: RunOptions) -> ManagerConfigFile:
+    """The config file (if any) with the command-line flags on top."""
+    if options.config_path is not None:
+        try:
+            data = options.config_path.read_bytes()
+        except OSError as exc:
+            raise InvalidSpec(f"{options.config_path}: cannot read: {exc.strerror}") from exc
+        config = parse_manager_config(data, filename=str(options.config_path))
+    else:
+        config = ManagerConfigFile()
+    flags = {
+        "specs_dir": options.specs_dir,
+        "state_dir": options.state_dir,
+        "metrics_address": options.metrics_address,
+        "socket_path": options.socket_path,
+    }
+    updates = {key: value for key, value in flags.items() if value is not None}
+    if updates:
+        settings = ReconcilerSettings.model_validate(
+            {**config.reconciler.model_dump(), **updates}
+        )
+        config = config.model_copy(update={"reconciler": settings})
+    return config
+
+
+class Daemon:
+    """One running reconciler: what ``reconciler run`` starts and stops."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.config = load_config(options)
+        settings = self.config.reconciler
+        self.state_dir = settings.state_dir.resolve()
+        self.log_dir = self.state_dir / "logs"
+        self.manager = CollectorProcessManager(
+            self.config.process_manager, log_dir=self.log_dir, child_subreaper=True
+        )
+        self.source = SpecSource(settings.specs_dir.resolve())
+        self.reconciler = Reconciler(
+            source=self.source,
+            manager=self.manager,
+            log_dir=self.log_dir,
+            log_max_bytes=settings.log_max_bytes,
+            log_backups=settings.log_backups,
+        )
+        self.stop_requested = asyncio.Event()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; what needs a restart is said in the log."""
+        try:
+            fresh = load_config(self.options)
+        except InvalidSpec as exc:
+            for problem in exc.problems:
+                log.error("config reload refused, keeping the running config: %s", problem)
+            return
+        old = self.config.reconciler
+        new = fresh.reconciler
+        needs_restart = [
+            key
+            for key in ("specs_dir", "state_dir", "metrics_address", "socket_path")
+            if getattr(old, key) != getattr(new, key)
+        ]
+        for key in needs_restart:
+            log.warning("config reload: %s changed; it takes effect on the next start", key)
+        self.manager.update_config(fresh.process_manager)
+        self.reconciler.log_max_bytes = new.log_max_bytes
+        self.reconciler.log_backups = new.log_backups
+        self.config = fresh.model_copy(
+            update={
+                "reconciler": new.model_copy(
+                    update={key: getattr(old, key) for key in needs_restart}
+                )
+            }
+        )
+        log.info("config reloaded")
+        self.reconciler.wake()
+
+    async def run(self) -> int:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        settings = self.config.reconciler
+        log.info(
+            "reconciler %s (pid %d) watching %s; state in %s",
+            _version(),
+            os.getpid(),
+            self.source.specs_dir,
+            self.state_dir,
+        )
+        keep = settings.on_exit == "keep"
+        await run_until(self.reconciler, self.stop_requested, keep_collectors=keep)
+        log.info("stopped")
+        return 0
+
+    def _request_stop(self, name: str) -> None:
+        log.info("%s received: stopping", name)
+        self.stop_requested.set()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("reconciler")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def run(options: RunOptions) -> int:
+    setup_logging(options.log_format, options.log_level)
+    try:
+        daemon = Daemon(options)
+    except InvalidSpec as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return 1
+    return asyncio.run(daemon.run())

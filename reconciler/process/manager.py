@@ -387,6 +387,32 @@ class CollectorProcessManager:
         run = self._get(collector_id).run
         return [] if run is None else self._tree_members(run)
 
+    def all_tree_pids(self) -> dict[str, list[int]]:
+        """``tree_pids`` of every collector with a process, in one sweep.
+
+        With cgroups, one ``cgroup.procs`` read per collector; without, one
+        scan of the process table for all of them (not one per collector).
+        """
+        runs = {cid: c.run for cid, c in self._collectors.items() if c.run is not None}
+        if self._cgroups is not None:
+            return {
+                cid: run.cgroup.pids() if run.cgroup is not None else [run.pid]
+                for cid, run in runs.items()
+            }
+        by_leader: dict[int, list[int]] = {run.pid: [] for run in runs.values()}
+        for proc in psutil.process_iter(["pid", "status"]):
+            try:
+                if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                    continue
+                leader = os.getsid(proc.pid)
+                if leader not in by_leader:
+                    leader = os.getpgid(proc.pid)
+            except OSError:
+                continue
+            if leader in by_leader:
+                by_leader[leader].append(proc.pid)
+        return {cid: sorted(by_leader[run.pid]) for cid, run in runs.items()}
+
     async def shutdown_all(self) -> None:
         """Stop every collector concurrently and release the manager's resources.
 

@@ -495,3 +495,15 @@ async def test_log_file_receives_stdout_and_stderr(manager: CollectorProcessMana
     log_file = manager.log_dir / "a.log"  # type: ignore[operator]
     await eventually(lambda: log_file.exists() and "err" in log_file.read_text())
     assert log_file.read_text().split() == ["out", "err"]
+
+
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroups", "process-groups"])
+async def test_all_tree_pids_matches_tree_pids(pm_config: ProcessManagerConfig, cgroups) -> None:
+    manager = CollectorProcessManager(pm_config, cgroups=cgroups)
+    try:
+        await manager.start_collector("a", "sh", sh("sleep 300 & sleep 300 & wait"))
+        await manager.start_collector("b", "sleep", collector(*SLEEPER))
+        await eventually(lambda: len(manager.tree_pids("a")) == 3)
+        assert manager.all_tree_pids() == {cid: manager.tree_pids(cid) for cid in ("a", "b")}
+    finally:
+        await manager.shutdown_all()

@@ -9,6 +9,7 @@ re-adoption with ``on_exit = "keep"``). Called by ``reconciler.cli``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -20,14 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import InvalidSpec
-from reconciler.loop import Reconciler, run_until
-from reconciler.process import CollectorProcessManager
+from pydantic import ValidationError
+
+from reconciler.errors import InvalidSpec, ProcessNotFound
+from reconciler.loop import Applied, Reconciler, resolve_spec_paths, run_until
+from reconciler.process import CollectorProcessManager, ManagerEvent
 from reconciler.source import SpecSource
 from reconciler.spec.load import parse_manager_config
-from reconciler.spec.models import ManagerConfigFile, ReconcilerSettings
+from reconciler.spec.models import CollectorSpec, ManagerConfigFile, ReconcilerSettings
+from reconciler.statefile import AdoptionRecord, SavedState, load_state, save_state
 
 log = logging.getLogger("reconciler")
+
+STATE_SAVE_DELAY_SECONDS = 0.05
+"""Coalesces bursts of changes into one write of the state file."""
+STATE_CHANGING_EVENTS = frozenset(
+    {"started", "stopped", "adopted", "failed", "exited", "paused", "resumed", "backoff"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +122,15 @@ class Daemon:
         settings = self.config.reconciler
         self.state_dir = settings.state_dir.resolve()
         self.log_dir = self.state_dir / "logs"
+        self.state_path = self.state_dir / "state.toml"
+        # One cgroup tree per state dir, stable across restarts: the next
+        # reconciler finds the cgroups of the collectors it adopts there.
+        tree = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
         self.manager = CollectorProcessManager(
-            self.config.process_manager, log_dir=self.log_dir, child_subreaper=True
+            self.config.process_manager,
+            log_dir=self.log_dir,
+            child_subreaper=True,
+            cgroup_name=f"reconciler-{tree}",
         )
         self.source = SpecSource(settings.specs_dir.resolve())
         self.reconciler = Reconciler(
@@ -122,8 +139,11 @@ class Daemon:
             log_dir=self.log_dir,
             log_max_bytes=settings.log_max_bytes,
             log_backups=settings.log_backups,
+            on_overrides_changed=lambda _: self._state_changed(),
         )
         self.stop_requested = asyncio.Event()
+        self._save_handle: asyncio.TimerHandle | None = None
+        self._spec_dumps: dict[str, dict[str, Any]] = {}
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; what needs a restart is said in the log."""
@@ -155,9 +175,85 @@ class Daemon:
         log.info("config reloaded")
         self.reconciler.wake()
 
+    # -- the state file: overrides and adoption ---------------------------------
+
+    def _state_changed(self) -> None:
+        if self._save_handle is None:
+            self._save_handle = asyncio.get_running_loop().call_later(
+                STATE_SAVE_DELAY_SECONDS, self._save_state
+            )
+
+    def _on_manager_event(self, event: ManagerEvent) -> None:
+        if event.kind in STATE_CHANGING_EVENTS:
+            self._state_changed()
+
+    def _spec_dump(self, applied: Applied) -> dict[str, Any]:
+        dump = self._spec_dumps.get(applied.spec_hash)
+        if dump is None:
+            dump = applied.spec.model_dump(mode="json", exclude_defaults=True)
+            self._spec_dumps[applied.spec_hash] = dump
+        return dump
+
+    def saved_state(self) -> SavedState:
+        collectors = {}
+        for collector_id in self.manager.collector_ids():
+            identity = self.manager.run_identity(collector_id)
+            applied = self.reconciler.applied.get(collector_id)
+            if identity is None or applied is None:
+                continue
+            collectors[collector_id] = AdoptionRecord(
+                collector_type=applied.spec.type,
+                pid=identity.pid,
+                start_ticks=identity.start_ticks,
+                started_wall=identity.started_wall,
+                cgroup_path=str(identity.cgroup_path) if identity.cgroup_path else None,
+                spec=self._spec_dump(applied),
+                spec_hash=applied.spec_hash,
+                process_hash=applied.process_hash,
+            )
+        return SavedState(overrides=dict(self.reconciler.overrides), collectors=collectors)
+
+    def _save_state(self) -> None:
+        self._save_handle = None
+        try:
+            save_state(self.state_path, self.saved_state())
+        except OSError as exc:
+            log.error("cannot write state file %s: %s", self.state_path, exc)
+
+    async def adopt(self, saved: SavedState) -> None:
+        """Take over the collectors an earlier reconciler left running."""
+        self.reconciler.overrides.update(saved.overrides)
+        for collector_id, record in saved.collectors.items():
+            try:
+                spec = CollectorSpec.model_validate(record.spec)
+            except ValidationError:
+                log.warning("%s: saved spec no longer valid; not adopted", collector_id)
+                continue
+            try:
+                await self.manager.adopt_collector(
+                    collector_id,
+                    record.collector_type,
+                    resolve_spec_paths(spec, self.source.specs_dir),
+                    pid=record.pid,
+                    start_ticks=record.start_ticks,
+                    started_wall=record.started_wall,
+                    cgroup_path=Path(record.cgroup_path) if record.cgroup_path else None,
+                )
+            except ProcessNotFound as exc:
+                log.info("%s: not adopted: %s", collector_id, exc.message)
+                continue
+            self.reconciler.applied[collector_id] = Applied(
+                spec, record.spec_hash, record.process_hash
+            )
+        killed = await self.manager.sweep_stale_cgroups()
+        if killed:
+            log.info("killed %d processes left by collectors that died unwatched", len(killed))
+
     async def run(self) -> int:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.manager.add_listener(self._on_manager_event)
+        await self.adopt(load_state(self.state_path))
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
@@ -171,8 +267,16 @@ class Daemon:
             self.state_dir,
         )
         keep = settings.on_exit == "keep"
-        await run_until(self.reconciler, self.stop_requested, keep_collectors=keep)
-        log.info("stopped")
+        try:
+            await run_until(self.reconciler, self.stop_requested, keep_collectors=keep)
+        finally:
+            if self._save_handle is not None:
+                self._save_handle.cancel()
+            self._save_state()
+        if keep:
+            log.info("stopped; collectors keep running for the next reconciler to adopt")
+        else:
+            log.info("stopped")
         return 0
 
     def _request_stop(self, name: str) -> None:

@@ -56,15 +56,19 @@ class CgroupTree:
     controllers: frozenset[str]
 
     @classmethod
-    def detect(cls) -> CgroupTree | None:
-        """Create this manager's cgroup directory, or return ``None`` if that is not possible."""
+    def detect(cls, name: str | None = None) -> CgroupTree | None:
+        """Create (or reuse) this manager's cgroup directory; ``None`` where impossible.
+
+        ``name`` makes the directory stable across reconciler restarts, so a new
+        manager finds the cgroups of the runs it adopts, and stale ones.
+        """
         mount, own = _unified_mount(), _own_cgroup()
         if mount is None or own is None:
             return None
         parent = mount / own.lstrip("/")
-        path = parent / f"reconciler-{os.getpid()}-{next(_counter)}"
+        path = parent / (name or f"reconciler-{os.getpid()}-{next(_counter)}")
         try:
-            path.mkdir()
+            path.mkdir(exist_ok=name is not None)
         except OSError as exc:
             log.debug("no cgroup tracking (cannot create %s: %s)", path, exc)
             return None
@@ -84,18 +88,28 @@ class CgroupTree:
         return cls(path=path, controllers=frozenset(enabled))
 
     def create(self, name: str) -> RunCgroup:
-        path = self.path / f"{name}-{next(_counter)}"
+        path = self.path / f"{name}-{os.getpid()}-{next(_counter)}"
         try:
             path.mkdir()
         except OSError as exc:
             raise OSError(exc.errno, f"cannot create cgroup {path}: {exc.strerror}") from exc
         return RunCgroup(path=path, controllers=self.controllers)
 
+    def children(self) -> list[RunCgroup]:
+        try:
+            return [
+                RunCgroup(path=child, controllers=self.controllers)
+                for child in self.path.iterdir()
+                if child.is_dir()
+            ]
+        except OSError:
+            return []
+
     def remove(self) -> None:
+        """Remove the empty run cgroups, then the tree itself if nothing is left."""
+        for child in self.children():
+            child.remove()
         with contextlib.suppress(OSError):
-            for child in self.path.iterdir():
-                if child.is_dir():
-                    child.rmdir()
             self.path.rmdir()
 
 

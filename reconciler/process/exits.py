@@ -42,7 +42,9 @@ class ExitWatcher:
         if not hasattr(os, "pidfd_open"):
             raise PlatformNotSupported("exit watching needs pidfd_open (Linux 5.3 or later)")
         self._loop = loop
-        self._watched: dict[int, tuple[subprocess.Popen[bytes], int, Callable[[int], None]]] = {}
+        self._watched: dict[
+            int, tuple[subprocess.Popen[bytes] | None, int, Callable[[int | None], None]]
+        ] = {}
         self._reap_orphans = False
         self._spawning = 0
         if reap_orphans:
@@ -68,9 +70,25 @@ class ExitWatcher:
             self._spawning -= 1
             self._reap_all()
 
-    def watch(self, popen: subprocess.Popen[bytes], on_exit: Callable[[int], None]) -> None:
+    def watch(self, popen: subprocess.Popen[bytes], on_exit: Callable[[int | None], None]) -> None:
         """Call ``on_exit(returncode)`` once ``popen`` has exited (and been reaped)."""
-        pid = popen.pid
+        self._add(popen.pid, popen, on_exit)
+
+    def watch_pid(self, pid: int, on_exit: Callable[[int | None], None]) -> None:
+        """Call ``on_exit(None)`` once ``pid``, not a child of ours, has exited.
+
+        For processes adopted after a reconciler restart: the kernel tells
+        anyone holding a pidfd about the exit, but only the parent learns the
+        exit status. Raises ``ProcessLookupError`` if it is already gone.
+        """
+        self._add(pid, None, on_exit)
+
+    def _add(
+        self,
+        pid: int,
+        popen: subprocess.Popen[bytes] | None,
+        on_exit: Callable[[int | None], None],
+    ) -> None:
         pidfd = os.pidfd_open(pid)
         self._watched[pid] = (popen, pidfd, on_exit)
         self._loop.add_reader(pidfd, self._on_readable, pid)
@@ -82,9 +100,11 @@ class ExitWatcher:
         popen, pidfd, on_exit = entry
         self._loop.remove_reader(pidfd)
         os.close(pidfd)
-        returncode = popen.poll()
-        if returncode is None:  # pragma: no cover - a readable pidfd means it exited
-            returncode = popen.wait()
+        returncode = None
+        if popen is not None:
+            returncode = popen.poll()
+            if returncode is None:  # pragma: no cover - a readable pidfd means it exited
+                returncode = popen.wait()
         on_exit(returncode)
         self._reap_all()
 
@@ -100,7 +120,7 @@ class ExitWatcher:
             if info is None or info.si_pid == 0:
                 return
             entry = self._watched.get(info.si_pid)
-            if entry is not None:
+            if entry is not None and entry[0] is not None:
                 # Reaped here, reported when its pidfd's readiness is handled.
                 if entry[0].poll() is None:  # pragma: no cover - another thread waits on it
                     return

@@ -45,7 +45,7 @@ async def _exec_probe(
     if program is None:
         return ProbeResult(False, f"probe command {argv[0]!r} not found on PATH")
     loop = asyncio.get_running_loop()
-    exited: asyncio.Future[int] = loop.create_future()
+    exited: asyncio.Future[int | None] = loop.create_future()
     try:
         popen = subprocess.Popen(
             [program, *argv[1:]],

@@ -66,8 +66,10 @@ STATE_CONFIRM_SECONDS = 2.0
 ESCAPEE_SETTLE_SECONDS = 0.002
 
 
-def describe_exit(returncode: int) -> str:
+def describe_exit(returncode: int | None) -> str:
     """Human words for an exit code as subprocess reports it (negative: signal)."""
+    if returncode is None:
+        return "exited (status unknown: adopted from an earlier reconciler)"
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -87,6 +89,16 @@ class ManagerEvent:
     wall_time: float
 
 
+@dataclass(frozen=True, slots=True)
+class RunIdentity:
+    """A running collector process, as recorded in the state file for adoption."""
+
+    pid: int
+    start_ticks: int
+    started_wall: float
+    cgroup_path: Path | None
+
+
 @dataclass
 class _Run:
     """One process of a collector, from spawn to reap."""
@@ -95,8 +107,11 @@ class _Run:
     started_at: float
     started_wall: float
     cgroup: RunCgroup | None
-    exited: asyncio.Future[int]
+    exited: asyncio.Future[int | None]
     env: dict[str, str]
+    start_ticks: int | None = None
+    """Kernel start time of the process: with the pid, its identity across restarts."""
+    adopted: bool = False
     stop_requested: bool = False
     probe_task: asyncio.Task[None] | None = None
     probe_failures: int = 0
@@ -142,11 +157,13 @@ class CollectorProcessManager:
         log_dir: Path | None = None,
         child_subreaper: bool = False,
         cgroups: bool = True,
+        cgroup_name: str | None = None,
     ) -> None:
         self.config = config if config is not None else ProcessManagerConfig()
         self.log_dir = log_dir
         self._child_subreaper = child_subreaper
         self._want_cgroups = cgroups
+        self._cgroup_name = cgroup_name
         self._cgroups: CgroupTree | None = None
         self._watcher: ExitWatcher | None = None
         self._collectors: dict[str, _Collector] = {}
@@ -165,7 +182,7 @@ class CollectorProcessManager:
             self._watcher = ExitWatcher(
                 asyncio.get_running_loop(), reap_orphans=self._child_subreaper
             )
-            self._cgroups = CgroupTree.detect() if self._want_cgroups else None
+            self._cgroups = CgroupTree.detect(self._cgroup_name) if self._want_cgroups else None
             self._spawner = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="spawn")
             log.debug(
                 "process tracking: %s",
@@ -296,6 +313,108 @@ class CollectorProcessManager:
             run = collector.run
             if run is not None and config.health_check != old_check:
                 self._restart_probe(collector, run)
+
+    async def adopt_collector(
+        self,
+        collector_id: str,
+        collector_type: str,
+        config: CollectorConfig,
+        *,
+        pid: int,
+        start_ticks: int,
+        started_wall: float,
+        cgroup_path: Path | None = None,
+    ) -> None:
+        """Take over a collector process started by an earlier manager.
+
+        After a reconciler restart (``on_exit = "keep"``, or the reconciler was
+        killed) its collectors still run. They are adopted only if ``pid`` is
+        still the same process (its kernel start time matches ``start_ticks``),
+        so a recycled pid is never taken for a collector; ``ProcessNotFound``
+        otherwise. An adopted process is watched through a pidfd like any
+        other, but its exit status is not ours to learn.
+        """
+        if self._closing:
+            raise InvalidState("the process manager is shutting down")
+        watcher = self._ensure_started()
+        if process_start_ticks(pid) != start_ticks or _kernel_state(pid) in (None, "Z", "X"):
+            raise ProcessNotFound(f"pid {pid} of collector {collector_id!r} is no longer running")
+        lock = self._locks.setdefault(collector_id, asyncio.Lock())
+        async with lock:
+            collector = self._collectors.get(collector_id)
+            if collector is not None and collector.run is not None:
+                raise AlreadyRunning(f"collector {collector_id!r} is already {collector.state}")
+            if collector is None:
+                collector = _Collector(collector_id, collector_type, config, lock=lock)
+                self._collectors[collector_id] = collector
+            cgroup = None
+            if cgroup_path is not None and (cgroup_path / "cgroup.procs").exists():
+                cgroup = RunCgroup(path=cgroup_path, controllers=frozenset())
+            run = _Run(
+                pid=pid,
+                started_at=now() - max(0.0, time.time() - started_wall),
+                started_wall=started_wall,
+                cgroup=cgroup,
+                exited=asyncio.get_running_loop().create_future(),
+                env=spawn.build_env(
+                    collector_id=collector_id,
+                    spec_env=config.env,
+                    identity=None,
+                    parent_env=os.environ,
+                ),
+                start_ticks=start_ticks,
+                adopted=True,
+            )
+            try:
+                watcher.watch_pid(pid, lambda code: self._on_exit(collector, run, code))
+            except ProcessLookupError:
+                raise ProcessNotFound(f"pid {pid} of collector {collector_id!r} exited") from None
+            collector.run = run
+            paused = _kernel_state(pid) in ("T", "t")
+            collector.state = CollectorState.PAUSED if paused else CollectorState.RUNNING
+            collector.desired = DesiredState.PAUSED if paused else DesiredState.RUNNING
+            self._emit(collector, "adopted", f"adopted running process (pid {pid})")
+            self._restart_probe(collector, run)
+
+    async def sweep_stale_cgroups(self) -> list[int]:
+        """Kill what is left in run cgroups no collector owns (call after adopting).
+
+        A collector whose main process died while no reconciler watched it can
+        leave children behind; they are found in its cgroup and killed here.
+        """
+        self._ensure_started()
+        if self._cgroups is None:
+            return []
+        owned = {
+            c.run.cgroup.path
+            for c in self._collectors.values()
+            if c.run is not None and c.run.cgroup is not None
+        }
+        killed: list[int] = []
+        for stale in self._cgroups.children():
+            if stale.path in owned:
+                continue
+            pids = stale.pids()
+            if pids:
+                stale.kill()
+                killed.extend(pids)
+                deadline = now() + self.config.default_force_timeout_seconds
+                while stale.pids() and now() < deadline:
+                    await asyncio.sleep(ESCAPEE_SETTLE_SECONDS)
+            stale.remove()
+        return killed
+
+    def run_identity(self, collector_id: str) -> RunIdentity | None:
+        """What a later manager needs to adopt this collector's process."""
+        run = self._get(collector_id).run
+        if run is None or run.start_ticks is None or run.exited.done():
+            return None
+        return RunIdentity(
+            pid=run.pid,
+            start_ticks=run.start_ticks,
+            started_wall=run.started_wall,
+            cgroup_path=run.cgroup.path if run.cgroup is not None else None,
+        )
 
     async def forget_collector(self, collector_id: str) -> None:
         """Drop a collector that has no process (stopped or failed) from view."""
@@ -526,6 +645,7 @@ class CollectorProcessManager:
                     exited=asyncio.get_running_loop().create_future(),
                     env=env,
                 )
+                run.start_ticks = process_start_ticks(popen.pid)
                 watcher.watch(popen, lambda code: self._on_exit(collector, run, code))
         except BaseException:
             if cgroup is not None:
@@ -557,7 +677,7 @@ class CollectorProcessManager:
 
     # -- exits, crashes, backoff ----------------------------------------------
 
-    def _on_exit(self, collector: _Collector, run: _Run, returncode: int) -> None:
+    def _on_exit(self, collector: _Collector, run: _Run, returncode: int | None) -> None:
         """Called by the exit watcher, in the loop, once the process is reaped."""
         if not run.exited.done():
             run.exited.set_result(returncode)
@@ -574,7 +694,7 @@ class CollectorProcessManager:
             name=f"crash handling for {collector.collector_id}",
         )
 
-    async def _handle_crash(self, collector: _Collector, run: _Run, returncode: int) -> None:
+    async def _handle_crash(self, collector: _Collector, run: _Run, returncode: int | None) -> None:
         async with collector.lock:
             if collector.run is not run:
                 return
@@ -697,7 +817,7 @@ class CollectorProcessManager:
 
     async def _terminate(
         self, collector: _Collector, run: _Run, *, timeout: float | None, was_paused: bool
-    ) -> int:
+    ) -> int | None:
         config = collector.config
         graceful_seconds = (
             timeout
@@ -906,6 +1026,20 @@ class CollectorProcessManager:
                 if run.probe_passed is None:
                     return HealthStatus.UNKNOWN
         return HealthStatus.HEALTHY
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat``: when the process started, in clock ticks since boot.
+
+    With the pid it identifies one process for the life of the machine, so a
+    recycled pid is never mistaken for the collector that once had it.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[19])
 
 
 def _kernel_state(pid: int) -> str | None:

@@ -1,0 +1,60 @@
+"""The state file: round trip, atomic writes, and what happens to a bad one."""
+
+from __future__ import annotations
+
+import stat
+
+from reconciler.plan.planner import Override
+from reconciler.state import DesiredState
+from reconciler.statefile import AdoptionRecord, SavedState, load_state, save_state
+
+STATE = SavedState(
+    overrides={"web": Override(DesiredState.PAUSED, "abc", "paused by operator")},
+    collectors={
+        "web": AdoptionRecord(
+            collector_type="procmond",
+            pid=42,
+            start_ticks=1234,
+            started_wall=1.5,
+            cgroup_path="/sys/fs/cgroup/x/web-1",
+            spec={"type": "procmond", "args": ["-v"]},
+            spec_hash="abc",
+            process_hash="def",
+        ),
+        "db": AdoptionRecord(
+            collector_type="x",
+            pid=7,
+            start_ticks=9,
+            started_wall=2.0,
+            cgroup_path=None,
+            spec={"type": "x"},
+            spec_hash="1",
+            process_hash="2",
+        ),
+    },
+)
+
+
+def test_round_trip(tmp_path) -> None:
+    path = tmp_path / "state.toml"
+    save_state(path, STATE)
+    assert load_state(path) == STATE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["state.toml"], "temporary file left behind"
+
+
+def test_missing_file_is_an_empty_state(tmp_path) -> None:
+    assert load_state(tmp_path / "state.toml") == SavedState()
+
+
+def test_corrupt_file_is_moved_aside(tmp_path) -> None:
+    path = tmp_path / "state.toml"
+    path.write_text("version = 1\n[collectors.web]\npid = 'not a number'\n")
+    assert load_state(path) == SavedState()
+    assert (tmp_path / "state.toml.corrupt").exists() and not path.exists()
+
+
+def test_unknown_version_is_not_trusted(tmp_path) -> None:
+    path = tmp_path / "state.toml"
+    path.write_text("version = 99\n")
+    assert load_state(path) == SavedState()

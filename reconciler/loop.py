@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 EVENTS_KEPT = 1000
 LOG_ROTATION_INTERVAL_SECONDS = 10.0
+PASS_SPACING_FACTOR = 3.0
+"""After a pass that took d seconds, the next starts no sooner than 3·d later: a
+pass is O(collectors), and a thousand start completions would otherwise each
+buy one, starving the starts themselves. Small fleets see no delay (d ~ 0.1 ms)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,8 @@ class Reconciler:
         self._busy: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         self._last_alive = time.monotonic()
+        self._desired: dict[str, Desired] = {}
+        self._desired_for: SpecSnapshot | None = None
         manager.add_listener(self._on_manager_event)
 
     # -- triggers ---------------------------------------------------------------
@@ -174,6 +180,8 @@ class Reconciler:
                 if not self.ready.is_set() and not self._busy:
                     self.ready.set()
                 await self._wake.wait()
+                # Let wake-ups that arrive meanwhile share the next pass.
+                await asyncio.sleep(self.last_pass_duration_seconds * PASS_SPACING_FACTOR)
         finally:
             watcher.cancel()
             rotation.cancel()
@@ -215,18 +223,22 @@ class Reconciler:
                 log.info("rotated %s", path)
 
     def desired(self) -> dict[str, Desired]:
-        return {
-            collector_id: Desired(loaded.spec, loaded.spec_hash, loaded.process_hash)
-            for collector_id, loaded in self.snapshot.specs.items()
-        }
+        """The desired state, rebuilt only when a new snapshot arrived."""
+        snapshot = self.snapshot
+        if self._desired_for is not snapshot:
+            self._desired = {
+                collector_id: Desired(loaded.spec, loaded.spec_hash, loaded.process_hash)
+                for collector_id, loaded in snapshot.specs.items()
+            }
+            self._desired_for = snapshot
+        return self._desired
 
     def observed(self) -> dict[str, Observed]:
         result = {}
         for collector_id in self.manager.collector_ids():
-            status = self.manager.status(collector_id)
             applied = self.applied.get(collector_id)
             result[collector_id] = Observed(
-                state=status.state,
+                state=self.manager.state_of(collector_id),
                 applied=applied.spec if applied else None,
                 applied_spec_hash=applied.spec_hash if applied else None,
                 applied_process_hash=applied.process_hash if applied else None,

@@ -165,7 +165,8 @@ def _plan_one(  # noqa: C901 - one table of cases, kept together on purpose
     state = observed.state
     identity_changed = observed.applied_process_hash != desired.process_hash
     spec_changed = observed.applied_spec_hash != desired.spec_hash
-    keys = changed_keys(observed.applied, desired.spec)
+    # Diffing specs costs a model dump each: only when the hashes say they differ.
+    keys = changed_keys(observed.applied, desired.spec) if spec_changed else []
     identity_keys = [key for key in keys if key in PROCESS_IDENTITY_KEYS]
 
     if state in (CollectorState.STARTING, CollectorState.STOPPING):

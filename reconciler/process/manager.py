@@ -46,7 +46,7 @@ from reconciler.process.cgroup import CgroupTree, RunCgroup
 from reconciler.process.clock import now
 from reconciler.process.exits import ExitWatcher, set_child_subreaper
 from reconciler.process.health import run_probe
-from reconciler.spec.models import CollectorConfig, ProcessManagerConfig
+from reconciler.spec.models import CollectorConfig, ProcessManagerConfig, ResourceLimits
 from reconciler.state import (
     PROCESS_STATES,
     CollectorState,
@@ -58,10 +58,11 @@ from reconciler.state import (
 log = logging.getLogger(__name__)
 
 SPAWN_RETRY_SECONDS = 0.01
-SPAWN_THREADS = 2
-"""Fork/exec blocks until the child has exec'd (joining a cgroup alone takes a few
-milliseconds in the kernel): a small fixed pool keeps that off the event loop and
-lets concurrent starts overlap. The thread count stays constant."""
+SPAWN_THREADS = 4
+"""Fork/exec blocks until the child has exec'd, and cgroup set-up (mkdir, open,
+the child's join) takes kernel-wide locks for milliseconds: a small fixed pool
+keeps all of that off the event loop and lets concurrent starts overlap. The
+thread count stays constant."""
 STATE_CONFIRM_SECONDS = 2.0
 ESCAPEE_SETTLE_SECONDS = 0.002
 
@@ -498,6 +499,10 @@ class CollectorProcessManager:
             probe_failures=run.probe_failures if run is not None else 0,
         )
 
+    def state_of(self, collector_id: str) -> CollectorState:
+        """Just the state: what the reconcile loop reads for every collector on every pass."""
+        return self._get(collector_id).state
+
     def config_of(self, collector_id: str) -> CollectorConfig:
         return self._get(collector_id).config
 
@@ -604,15 +609,11 @@ class CollectorProcessManager:
             identity=identity,
             parent_env=os.environ,
         )
-        cgroup = self._new_cgroup(collector)
         limits = config.resource_limits
-        enforced: set[str] = set()
-        if cgroup is not None and limits is not None:
-            enforced = cgroup.apply_limits(
-                memory_max_bytes=limits.memory_max_bytes,
-                processes=limits.processes,
-                cpu_max_percent=limits.cpu_max_percent,
-            )
+        # mkdir and open in cgroupfs take the kernel's cgroup locks: off the loop.
+        cgroup, enforced, cgroup_fd = await asyncio.get_running_loop().run_in_executor(
+            self._spawner, self._prepare_cgroup, collector.collector_id, limits
+        )
         wants_cpu = limits is not None and limits.cpu_max_percent is not None
         if wants_cpu and "cpu_max_percent" not in enforced:
             log.warning(
@@ -620,7 +621,6 @@ class CollectorProcessManager:
                 "available here; not enforced",
                 collector.collector_id,
             )
-        cgroup_fd = cgroup.open_procs_for_child() if cgroup is not None else None
         request = spawn.LaunchRequest(
             collector_id=collector.collector_id,
             argv=[argv0, *config.args],
@@ -636,7 +636,7 @@ class CollectorProcessManager:
         )
         try:
             with watcher.spawning():
-                popen = await self._fork_exec(request)
+                popen, start_ticks = await self._fork_exec(request)
                 run = _Run(
                     pid=popen.pid,
                     started_at=now(),
@@ -645,7 +645,7 @@ class CollectorProcessManager:
                     exited=asyncio.get_running_loop().create_future(),
                     env=env,
                 )
-                run.start_ticks = process_start_ticks(popen.pid)
+                run.start_ticks = start_ticks
                 watcher.watch(popen, lambda code: self._on_exit(collector, run, code))
         except BaseException:
             if cgroup is not None:
@@ -656,24 +656,45 @@ class CollectorProcessManager:
                 os.close(cgroup_fd)
         return run
 
-    async def _fork_exec(self, request: spawn.LaunchRequest) -> subprocess.Popen[bytes]:
+    async def _fork_exec(
+        self, request: spawn.LaunchRequest
+    ) -> tuple[subprocess.Popen[bytes], int | None]:
+        """Spawn in a spawn thread; return the child and its kernel start time."""
         loop = asyncio.get_running_loop()
         for _ in range(spawn.ETXTBSY_RETRIES):
-            popen = await loop.run_in_executor(self._spawner, spawn.try_spawn, request)
+            popen, start_ticks = await loop.run_in_executor(
+                self._spawner, _spawn_identified, request
+            )
             if popen is not None:
-                return popen
+                return popen, start_ticks
             await asyncio.sleep(SPAWN_RETRY_SECONDS)
         raise SpawnFailed(f"cannot start {request.argv[0]}: text file busy (still being written)")
 
-    def _new_cgroup(self, collector: _Collector) -> RunCgroup | None:
+    def _prepare_cgroup(
+        self, collector_id: str, limits: ResourceLimits | None
+    ) -> tuple[RunCgroup | None, set[str], int | None]:
+        """Create the run's cgroup, write its limits, open it for the child to join.
+
+        Runs in a spawn thread: cgroupfs operations take kernel-wide locks.
+        """
         if self._cgroups is None:
-            return None
+            return None, set(), None
         try:
-            return self._cgroups.create(collector.collector_id)
+            cgroup = self._cgroups.create(collector_id)
         except OSError as exc:
-            raise SpawnFailed(
-                f"cannot set up tracking for {collector.collector_id!r}: {exc}"
-            ) from exc
+            raise SpawnFailed(f"cannot set up tracking for {collector_id!r}: {exc}") from exc
+        try:
+            enforced: set[str] = set()
+            if limits is not None:
+                enforced = cgroup.apply_limits(
+                    memory_max_bytes=limits.memory_max_bytes,
+                    processes=limits.processes,
+                    cpu_max_percent=limits.cpu_max_percent,
+                )
+            return cgroup, enforced, cgroup.open_procs_for_child()
+        except OSError as exc:
+            cgroup.remove()
+            raise SpawnFailed(f"cannot set up the cgroup of {collector_id!r}: {exc}") from exc
 
     # -- exits, crashes, backoff ----------------------------------------------
 
@@ -1018,7 +1039,8 @@ class CollectorProcessManager:
         if state.value != collector.desired.value:
             return HealthStatus.DEGRADED
         if state in PROCESS_STATES and run is not None:
-            if run.exited.done() or _kernel_state(run.pid) in (None, "Z", "X"):
+            # The pidfd is the kernel's word on liveness: no /proc read needed.
+            if run.exited.done():
                 return HealthStatus.DEGRADED
             if check is not None and state == CollectorState.RUNNING:
                 if run.probe_failures > 0:
@@ -1026,6 +1048,13 @@ class CollectorProcessManager:
                 if run.probe_passed is None:
                     return HealthStatus.UNKNOWN
         return HealthStatus.HEALTHY
+
+
+def _spawn_identified(
+    request: spawn.LaunchRequest,
+) -> tuple[subprocess.Popen[bytes] | None, int | None]:
+    popen = spawn.try_spawn(request)
+    return popen, process_start_ticks(popen.pid) if popen is not None else None
 
 
 def process_start_ticks(pid: int) -> int | None:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run lint test test-only bench clean
+.PHONY: venv run lint test test-only bench clean prometheus
 
 venv: $(STAMP)
 
@@ -23,13 +23,18 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test-only: venv
+# promtool and prometheus (Debian package) for the rule tests and the live scrape test.
+prometheus:
+	metrics/install-prometheus.sh
+
+test-only: venv prometheus
 	$(BIN)/pytest
 
 test: lint test-only
 
 bench: venv
 	$(BIN)/python bench/manager_bench.py
+	$(BIN)/python bench/loop_bench.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

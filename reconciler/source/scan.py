@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -42,13 +41,15 @@ from types import MappingProxyType
 
 from reconciler.errors import InvalidSpec
 from reconciler.source.snapshot import DIRECTORY_KEY, LoadedSpec, SpecProblem, SpecSnapshot
-from reconciler.spec import ID_PATTERN, parse_spec, process_hash, spec_hash
+from reconciler.spec import (
+    collector_id_from_filename,
+    is_ignored_filename,
+    parse_spec,
+    process_hash,
+    spec_hash,
+)
 
 logger = logging.getLogger(__name__)
-
-_ID = re.compile(ID_PATTERN)
-_LEFTOVER_SUFFIXES = ("~", ".swp", ".swo", ".swx", ".tmp")
-"""Editor and tool leftovers: vim swap files, ``web.toml~`` backups, temp files."""
 
 MAX_SPEC_BYTES = 1024 * 1024
 """A spec file is a few hundred bytes; anything this large is a mistake, not a spec."""
@@ -72,26 +73,13 @@ WatchTarget = tuple[str, int, int]
 def _spec_id(name: str) -> str | None:
     """The collector id a directory entry stands for; ``None`` when it is no spec file.
 
-    Only ``<id>.toml`` counts. Hidden names (``.web.toml.tmp``, ConfigMap
-    internals like ``..data``) and editor leftovers are not spec files.
-
+    The rules are ``reconciler.spec``'s, shared with ``reconciler validate``.
     Raises ``InvalidSpec`` for a ``.toml`` whose stem is not a valid id: a
     misnamed spec must be reported, not silently skipped.
     """
-    if name.startswith("."):
+    if is_ignored_filename(name):
         return None
-    if name.endswith(_LEFTOVER_SUFFIXES) or (name.startswith("#") and name.endswith("#")):
-        return None
-    if not name.endswith(".toml"):
-        return None
-    stem = name.removesuffix(".toml")
-    # fullmatch: ID_PATTERN's "$" would also accept a trailing newline
-    if _ID.fullmatch(stem) is None:
-        raise InvalidSpec(
-            f"{_display(name)}: file name: {_display(stem)!r} is not a valid collector id"
-            " (1-63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit)"
-        )
-    return stem
+    return collector_id_from_filename(_display(name))
 
 
 def _display(name: str) -> str:

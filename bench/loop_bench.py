@@ -29,7 +29,6 @@ from reconciler import CollectorProcessManager, CollectorState, ManagerEvent, Pr
 from reconciler.loop import Reconciler
 from reconciler.source import SpecSource
 
-
 EDIT_SPACING_SECONDS = 0.5
 
 

@@ -40,8 +40,10 @@ from reconciler.source.snapshot import SpecSnapshot
 
 logger = logging.getLogger(__name__)
 
-_STEP_MS = 5
-"""How long watchfiles waits for more events before handing over a batch."""
+_STEP_MS = 20
+"""How long watchfiles waits for more events before handing over a batch. Its
+Rust loop also wakes this often while idle: 5 ms cost 0.6 % of a core doing
+nothing, 20 ms costs 0.12 % and adds at most 15 ms to an edit's latency."""
 
 _WATCH_RETRY_SECONDS = 1.0
 """Rescan (and retry the watch) this often while watching does not work."""

@@ -10,21 +10,35 @@ Exit codes (DESIGN §7): 0 success; 1 an error, printed to stderr as
 ``ReconcilerError``; 2 a usage error (argparse's own).
 
 Reading and writing files happens here, never in ``reconciler.spec``, which
-only turns bytes into models. The console script ``reconciler`` calls ``main``.
+only turns bytes into models. The client commands (``status``, ``restart``,
+``pause``, ``resume``, ``events``, ``wait``) talk JSON to a running daemon's
+control socket (``reconciler.api``), found by ``--socket``, else
+``$RECONCILER_SOCKET``, else ``/run/reconciler/api.sock``; one that cannot be
+reached is a one-line message naming the socket, exit 1. The console script
+``reconciler`` calls ``main``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import errno
 import json
 import os
+import shlex
+import shutil
+import signal
+import stat
 import sys
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from reconciler import __version__
-from reconciler.errors import InvalidSpec, ReconcilerError
+from reconciler.errors import InvalidSpec, InvalidState, ReconcilerError, Timeout
 from reconciler.spec import (
     SPEC_SUFFIX,
     is_ignored_filename,
@@ -253,6 +267,522 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+# --- control API client: status, restart, pause, resume, events, wait ------------------
+#
+# These talk to a running `reconciler run` over its unix socket (DESIGN §8).
+# aiohttp is imported inside the functions: `validate` and `schema` must stay quick.
+
+DEFAULT_SOCKET = "/run/reconciler/api.sock"
+SOCKET_ENV = "RECONCILER_SOCKET"
+API = "/api/v1"
+READ_TIMEOUT_SECONDS = 30.0
+WAIT_POLL_SECONDS = 0.1
+ERROR_COLUMN_MIN_WIDTH = 20
+
+
+class ClientFailure(Exception):
+    """The daemon could not be asked; printed as it is, exit 1."""
+
+
+class ApiFailure(Exception):
+    """The daemon answered with an error body; printed as ``CODE: message``, exit 1."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _socket_argument(parser: argparse.ArgumentParser) -> None:
+    default = os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        metavar="PATH",
+        default=Path(default),
+        help=f"the reconciler's control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET}; "
+        f"now {default})",
+    )
+
+
+def _unreachable(socket_path: Path, error: OSError | None) -> str:
+    code = error.errno if error is not None else None
+    hint = "is `reconciler run` running? use --socket or $" + SOCKET_ENV + " to point elsewhere"
+    if code == errno.ENOENT:
+        reason = "no such file"
+    elif code == errno.ECONNREFUSED and not _is_socket(socket_path):
+        reason = "not a socket"
+    elif code == errno.ECONNREFUSED:
+        reason = "connection refused: nothing listens (a socket left by a reconciler that is gone)"
+    elif code in (errno.EACCES, errno.EPERM):
+        reason = "permission denied"
+        hint = "the socket is mode 0600: run this as the reconciler's user, e.g. with sudo"
+    elif error is not None:
+        reason = error.strerror or str(error)
+    else:
+        reason = "cannot connect"
+    return f"cannot reach the reconciler at {socket_path}: {reason} ({hint})"
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+class _Client:
+    """A session on the control socket; every method returns the decoded JSON body."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+
+    async def __aenter__(self) -> _Client:
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self._session = aiohttp.ClientSession(
+            "http://reconciler",
+            connector=aiohttp.UnixConnector(path=str(self.socket_path)),
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._session.close()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        timeout_seconds: float | None = READ_TIMEOUT_SECONDS,
+    ) -> Any:
+        aiohttp = self._aiohttp
+        timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=10)
+        try:
+            async with self._session.request(
+                method, API + path, params=params, timeout=timeout
+            ) as response:
+                status = response.status
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    body = None
+        except aiohttp.ClientConnectorError as exc:
+            raise ClientFailure(_unreachable(self.socket_path, exc.os_error)) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise ClientFailure(
+                f"no answer from the reconciler at {self.socket_path}: {reason}"
+            ) from exc
+        error = body.get("error") if isinstance(body, dict) else None
+        if status >= 400 and isinstance(error, dict):
+            raise ApiFailure(str(error.get("code")), str(error.get("message")))
+        if status >= 400 or not isinstance(body, dict):
+            raise ClientFailure(
+                f"unexpected answer (HTTP {status}) from {self.socket_path}: is it a reconciler?"
+            )
+        return body
+
+
+def _client_command(
+    args: argparse.Namespace, talk: Callable[[_Client], Coroutine[Any, Any, int]]
+) -> int:
+    """Run ``talk`` with a client on ``--socket``; failures become a line on stderr and 1."""
+
+    async def session() -> int:
+        async with _Client(args.socket) as client:
+            return await talk(client)
+
+    try:
+        return asyncio.run(session())
+    except (ClientFailure, ApiFailure) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _collector_path(collector_id: str) -> str:
+    return "/collectors/" + urllib.parse.quote(collector_id, safe="")
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def human_duration(seconds: float) -> str:
+    """``3d4h``, ``2h5m``, ``4m10s``, ``45s``: two units at most, at a glance."""
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def _utc(unix_time: float) -> str:
+    return datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID", nargs="?", help="one collector, in detail")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON")
+    _socket_argument(parser)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """A table of every collector, or one collector in detail."""
+
+    async def talk(client: _Client) -> int:
+        if args.id is None:
+            data = await client.call("GET", "/collectors")
+            if args.json:
+                _print_json(data)
+            else:
+                print(format_status_table(data["collectors"], width=_terminal_width()))
+                if not data.get("ready", True):
+                    print("(the reconciler is still starting: not every spec is applied yet)")
+            return EXIT_OK
+        collector = await client.call("GET", _collector_path(args.id))
+        if args.json:
+            _print_json(collector)
+            return EXIT_OK
+        events = await client.call("GET", "/events", params={"id": args.id, "limit": "5"})
+        print(format_status_detail(collector, events["events"]))
+        return EXIT_OK
+
+    return _client_command(args, talk)
+
+
+def _terminal_width() -> int:
+    return shutil.get_terminal_size((120, 24)).columns
+
+
+STATUS_COLUMNS = ("ID", "TYPE", "DESIRED", "STATE", "HEALTH", "PID", "UPTIME", "RESTARTS", "ERROR")
+
+
+def _attention(collector: dict[str, Any]) -> int:
+    """Sort rank: failed, then crash-looping, then other trouble, then the rest."""
+    if collector["state"] == "failed":
+        return 0
+    if collector["state"] == "backoff" or collector["consecutive_restarts"] > 0:
+        return 1
+    if collector["spec_error"] or collector["health"] == "unhealthy":
+        return 2
+    return 3
+
+
+def _status_row(collector: dict[str, Any]) -> list[str]:
+    has_process = collector["pid"] is not None
+    desired = collector["desired"] + ("*" if collector["override"] else "")
+    if collector["spec"] is None and collector["spec_error"]:
+        desired = "-"  # no valid version of its file yet: nothing is desired
+    error = collector["spec_error"] or collector["last_error"] or ""
+    return [
+        collector["id"],
+        collector["type"] or "-",
+        desired,
+        collector["state"],
+        collector["health"],
+        str(collector["pid"]) if has_process else "-",
+        human_duration(collector["uptime_seconds"]) if has_process else "-",
+        str(collector["restart_count"]),
+        _one_line(error),
+    ]
+
+
+def format_status_table(collectors: list[dict[str, Any]], *, width: int = 120) -> str:
+    """The ``reconciler status`` table: aligned columns, trouble first, errors cut to fit."""
+    if not collectors:
+        return "no collectors"
+    ordered = sorted(collectors, key=lambda c: (_attention(c), c["id"]))
+    rows = [list(STATUS_COLUMNS), *(_status_row(c) for c in ordered)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(STATUS_COLUMNS) - 1)]
+    fixed = sum(widths) + 2 * len(widths)
+    error_width = max(ERROR_COLUMN_MIN_WIDTH, width - fixed)
+    lines = []
+    for row in rows:
+        error = row[-1]
+        if len(error) > error_width:
+            error = error[: error_width - 3] + "..."
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        lines.append("  ".join([*cells, error]).rstrip())
+    if any(c["override"] for c in collectors):
+        lines.append("* operator override (pause/resume): holds until the spec file changes")
+    return "\n".join(lines)
+
+
+def format_status_detail(collector: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    """``reconciler status ID``: everything about one collector, one fact a line."""
+    spec = collector["spec"] or {}
+    override = collector["override"]
+    desired = collector["desired"]
+    if override:
+        desired += f" (operator override: {override['reason']})"
+    pid = collector["pid"]
+    facts: list[tuple[str, str]] = [
+        ("id", collector["id"]),
+        ("type", collector["type"] or "-"),
+        ("desired", desired),
+        ("state", collector["state"]),
+        ("health", collector["health"]),
+        ("pid", str(pid) if pid is not None else "-"),
+    ]
+    if collector["start_time"] is not None:
+        started = _utc(collector["start_time"])
+        facts.append(("started", f"{started} (up {human_duration(collector['uptime_seconds'])})"))
+    facts.append(
+        (
+            "restarts",
+            f"{collector['restart_count']} ({collector['consecutive_restarts']} consecutive)",
+        )
+    )
+    if collector["last_exit_code"] is not None:
+        facts.append(("last exit", _exit_text(collector["last_exit_code"])))
+    if collector["last_error"]:
+        facts.append(("last error", _one_line(collector["last_error"])))
+    if collector["backoff_seconds"]:
+        facts.append(("next restart", f"in {collector['backoff_seconds']:.1f} s"))
+    if collector["probe_failures"]:
+        facts.append(("probe failures", str(collector["probe_failures"])))
+    facts.append(("converged", "yes" if collector["converged"] else "no"))
+    facts.append(("spec file", collector["spec_file"] or "-"))
+    if collector["spec_error"]:
+        facts.append(("spec error", _one_line(collector["spec_error"])))
+    if collector["spec_hash"] or collector["applied_spec_hash"]:
+        applied = collector["applied_spec_hash"] or "-"
+        facts.append(("spec hash", f"{collector['spec_hash'] or '-'} (applied: {applied})"))
+    if spec:
+        facts.append(("binary", spec.get("binary_path") or f"(looked up by type {spec['type']})"))
+        facts.append(("args", " ".join(shlex.quote(arg) for arg in spec.get("args", [])) or "-"))
+        env_keys = spec.get("env_keys", [])
+        facts.append(("env", ", ".join(env_keys) + " (values hidden)" if env_keys else "-"))
+    label_width = max(len(label) for label, _ in facts) + 1
+    lines = [f"{(label + ':').ljust(label_width)} {value}" for label, value in facts]
+    if events:
+        lines.append("recent events:")
+        lines.extend(f"  {_event_line(event)}" for event in events)
+    return "\n".join(lines)
+
+
+def _exit_text(code: int) -> str:
+    if code >= 0:
+        return str(code)
+    try:
+        return f"{code} (killed by {signal.Signals(-code).name})"
+    except ValueError:
+        return f"{code} (killed by signal {-code})"
+
+
+# --- restart, pause, resume -----------------------------------------------------------
+
+
+def _action_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID", help="collector id")
+    _socket_argument(parser)
+
+
+def _operator_action(verb: str, past: str) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        async def talk(client: _Client) -> int:
+            # No client timeout: the daemon bounds the wait (stop timeouts, 30 s for pause).
+            collector = await client.call(
+                "POST", f"{_collector_path(args.id)}/{verb}", timeout_seconds=None
+            )
+            pid = collector.get("pid")
+            print(f"{collector['id']} {past}" + (f" (pid {pid})" if pid is not None else ""))
+            return EXIT_OK
+
+        return _client_command(args, talk)
+
+    command.__doc__ = f"{verb.capitalize()} one collector through the control API."
+    return command
+
+
+cmd_restart = _operator_action("restart", "restarted")
+cmd_pause = _operator_action("pause", "paused")
+cmd_resume = _operator_action("resume", "resumed")
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+def _events_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID", nargs="?", help="only this collector's events")
+    parser.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="only the last N (default: all kept)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the API's JSON")
+    _socket_argument(parser)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text!r})")
+    return value
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    return f"{_utc(event['unix_time'])} {event['id']} {event['kind']} {_one_line(event['message'])}"
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Recent events, oldest first: what was done, when and why."""
+
+    async def talk(client: _Client) -> int:
+        params = {}
+        if args.id is not None:
+            params["id"] = args.id
+        if args.limit is not None:
+            params["limit"] = str(args.limit)
+        data = await client.call("GET", "/events", params=params)
+        if args.json:
+            _print_json(data)
+            return EXIT_OK
+        for event in data["events"]:
+            print(_event_line(event))
+        if not data["events"]:
+            print("no events", file=sys.stderr)
+        return EXIT_OK
+
+    return _client_command(args, talk)
+
+
+# --- wait -----------------------------------------------------------------------------
+
+
+def _wait_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "ids", metavar="ID", nargs="*", help="only these collectors (default: every one)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_non_negative_float,
+        default=60.0,
+        metavar="S",
+        help="give up after S seconds (default: 60)",
+    )
+    _socket_argument(parser)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds (got {text!r})")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class WaitVerdict:
+    """Where a rollout stands: what has failed for good, and what is still pending."""
+
+    failed: list[str]
+    pending: list[str]
+    converged: int
+
+
+def wait_verdict(data: dict[str, Any], ids: list[str]) -> WaitVerdict:
+    """Judge one ``GET /collectors`` answer for ``reconciler wait`` (every collector if no ids).
+
+    Failed: ``failed`` on its current, valid spec — as ``kubectl rollout
+    status`` gives up on a failed rollout, since only a spec change or an
+    operator's restart can bring it back. A spec error is pending (fixing the
+    file resolves it), and so is a named id not seen yet (its file may not
+    have been picked up).
+    """
+    by_id = {c["id"]: c for c in data["collectors"]}
+    names = ids or sorted(by_id)
+    failed, pending = [], []
+    converged = 0
+    if not data.get("ready", True):
+        pending.append("the reconciler has not finished its first pass yet")
+    for name in names:
+        collector = by_id.get(name)
+        if collector is None:
+            pending.append(f"{name}: unknown (no such collector; is its spec file in place?)")
+            continue
+        if collector["converged"] and not collector["spec_error"]:
+            converged += 1
+            continue
+        if collector["spec_error"]:
+            pending.append(f"{name}: spec error: {_one_line(collector['spec_error'])}")
+        elif (
+            collector["state"] == "failed"
+            and collector["spec_hash"] is not None
+            and collector["applied_spec_hash"] == collector["spec_hash"]
+        ):
+            reason = _one_line(collector["last_error"] or "no error recorded")
+            failed.append(f"{name}: failed on its current spec: {reason}")
+        else:
+            line = f"{name}: {collector['state']}, desired {collector['desired']}"
+            if collector["last_error"]:
+                line += f" (last error: {_one_line(collector['last_error'])})"
+            pending.append(line)
+    return WaitVerdict(failed=failed, pending=pending, converged=converged)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Block until every (named) collector runs its current spec in its desired state."""
+
+    async def talk(client: _Client) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.timeout
+        # The first look rescans the specs directory: a spec pushed just before
+        # `wait` must count, not be missed because the watcher has not seen it yet.
+        params = {"rescan": "true"}
+        while True:
+            remaining = deadline - loop.time()
+            data = await client.call(
+                "GET", "/collectors", params=params, timeout_seconds=max(remaining, 1.0)
+            )
+            params = {}
+            verdict = wait_verdict(data, args.ids)
+            if verdict.failed:
+                for line in verdict.failed:
+                    print(f"  {line}", file=sys.stderr)
+                print(
+                    f"{InvalidState.code}: {_plural(len(verdict.failed), 'collector')} failed "
+                    "(fix the spec, or `reconciler restart ID`)",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+            if not verdict.pending:
+                print(f"converged: {_plural(verdict.converged, 'collector')}")
+                return EXIT_OK
+            if loop.time() >= deadline:
+                print(
+                    f"{Timeout.code}: not converged after {args.timeout:g} s; pending:",
+                    file=sys.stderr,
+                )
+                for line in verdict.pending:
+                    print(f"  {line}", file=sys.stderr)
+                return EXIT_ERROR
+            await asyncio.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - loop.time())))
+
+    return _client_command(args, talk)
+
+
 # --- registry and dispatch ------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
@@ -280,6 +810,44 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         run=cmd_new,
         usage="%(prog)s ID [--type T] [--binary B] [-o FILE] [--force] [-- ARGS...]",
         passthrough=True,
+    ),
+    Subcommand(
+        name="status",
+        help="table of collectors: id, type, desired, state, health, pid, uptime, restarts, "
+        "error; with ID, one in detail",
+        add_arguments=_status_arguments,
+        run=cmd_status,
+    ),
+    Subcommand(
+        name="restart",
+        help="gracefully restart a collector now",
+        add_arguments=_action_arguments,
+        run=cmd_restart,
+    ),
+    Subcommand(
+        name="pause",
+        help="pause a collector (SIGSTOP) until resumed or its spec file changes",
+        add_arguments=_action_arguments,
+        run=cmd_pause,
+    ),
+    Subcommand(
+        name="resume",
+        help="resume a paused collector",
+        add_arguments=_action_arguments,
+        run=cmd_resume,
+    ),
+    Subcommand(
+        name="events",
+        help="recent events, oldest first: what was done, when and why",
+        add_arguments=_events_arguments,
+        run=cmd_events,
+    ),
+    Subcommand(
+        name="wait",
+        help="block until converged: exit 0 when every (named) collector runs its current "
+        "spec in its desired state; 1 on timeout or failure, naming what is pending",
+        add_arguments=_wait_arguments,
+        run=cmd_wait,
     ),
 )
 

@@ -23,7 +23,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from reconciler.errors import InvalidSpec, ProcessNotFound
+from reconciler.api import ApiServer
+from reconciler.errors import InvalidSpec, ProcessNotFound, ReconcilerError
 from reconciler.loop import Applied, Reconciler, resolve_spec_paths, run_until
 from reconciler.process import CollectorProcessManager, ManagerEvent
 from reconciler.source import SpecSource
@@ -143,16 +144,23 @@ class Daemon:
         )
         self.stop_requested = asyncio.Event()
         self._save_handle: asyncio.TimerHandle | None = None
+        self.api: ApiServer | None = None
         self._spec_dumps: dict[str, dict[str, Any]] = {}
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; what needs a restart is said in the log."""
         try:
-            fresh = load_config(self.options)
+            self.reload_or_raise()
         except InvalidSpec as exc:
             for problem in exc.problems:
                 log.error("config reload refused, keeping the running config: %s", problem)
-            return
+
+    def reload_or_raise(self) -> None:
+        """Re-read the config file; ``InvalidSpec`` (config kept) if it is not valid.
+
+        The control API's ``POST /api/v1/reload`` uses this to answer with the problems.
+        """
+        fresh = load_config(self.options)
         old = self.config.reconciler
         new = fresh.reconciler
         needs_restart = [
@@ -253,6 +261,14 @@ class Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.manager.add_listener(self._on_manager_event)
+        # The socket first: a second reconciler on the same socket must refuse
+        # before it touches (adopts, restarts) any collector.
+        try:
+            await self._start_servers()
+        except ReconcilerError as exc:
+            log.error("%s: %s", exc.code, exc.message)
+            await self._stop_servers()
+            return 1
         await self.adopt(load_state(self.state_path))
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
@@ -273,11 +289,28 @@ class Daemon:
             if self._save_handle is not None:
                 self._save_handle.cancel()
             self._save_state()
+            await self._stop_servers()
         if keep:
             log.info("stopped; collectors keep running for the next reconciler to adopt")
         else:
             log.info("stopped")
         return 0
+
+    async def _start_servers(self) -> None:
+        settings = self.config.reconciler
+        self.api = ApiServer(
+            self.reconciler, socket_path=settings.socket_path, reload=self._reload_from_api
+        )
+        await self.api.start()
+        log.info("control API on %s", settings.socket_path)
+
+    async def _stop_servers(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
+            self.api = None
+
+    def _reload_from_api(self) -> None:
+        self.reload_or_raise()
 
     def _request_stop(self, name: str) -> None:
         log.info("%s received: stopping", name)

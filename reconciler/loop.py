@@ -201,8 +201,22 @@ class Reconciler:
     async def _follow_source(self) -> None:
         async with contextlib.aclosing(self.source.watch()) as snapshots:
             async for snapshot in snapshots:
-                self.snapshot = snapshot
-                self.wake()
+                self._offer(snapshot)
+
+    def _offer(self, snapshot: SpecSnapshot) -> None:
+        # The watcher and rescan() both deliver snapshots: never go back to an older one.
+        if snapshot.generation >= self.snapshot.generation:
+            self.snapshot = snapshot
+            self.wake()
+
+    async def rescan(self) -> None:
+        """Read the spec directory now, without waiting for a notification.
+
+        What the control API's reload and ``reconciler wait`` use, so a client
+        that has just pushed a file sees it taken into account.
+        """
+        self._offer(await asyncio.to_thread(self.source.scan))
+        self.wake()
 
     async def _rotate_logs(self) -> None:
         if self.log_dir is None:

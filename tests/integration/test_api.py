@@ -1,0 +1,553 @@
+"""The control API over a real unix socket, in front of a real reconcile loop.
+
+Real spec files, real processes, real HTTP (aiohttp's client on a
+``UnixConnector``): every route, every DESIGN §5 error the API produces, the
+socket's mode and ownership rules, and that env values never leave the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from reconciler import CollectorProcessManager, CollectorState, ProcessManagerConfig
+from reconciler.api import ApiServer
+from reconciler.errors import AlreadyRunning, InvalidSpec, Io, ProcessNotFound
+from reconciler.loop import CollectorView, Reconciler
+from reconciler.source import SpecSource
+from tests.support import MARK_ENV, SESSION_MARK, alive, eventually, kernel_state
+
+SECRET = "hunter2-s3cr3t-value"
+"""An env value that must never appear in any API answer."""
+
+SPEC = """\
+type = "sleeper"
+binary_path = "{binary}"
+args = [{args}]
+log = "null"
+graceful_timeout_seconds = 2
+env = {{ {mark} = "{session}", API_TOKEN = "{secret}" }}
+{extra}
+"""
+
+
+def spec_text(
+    *, binary: str = "/bin/sleep", args: tuple[str, ...] = ("300",), extra: str = ""
+) -> str:
+    return SPEC.format(
+        binary=binary,
+        args=", ".join(json.dumps(arg) for arg in args),
+        mark=MARK_ENV,
+        session=SESSION_MARK,
+        secret=SECRET,
+        extra=extra,
+    )
+
+
+class Api:
+    """HTTP on the control socket; keeps every body it saw, for the secrets check."""
+
+    def __init__(self, session: aiohttp.ClientSession, server: ApiServer, specs: Path) -> None:
+        self.session = session
+        self.server = server
+        self.reconciler = server.reconciler
+        self.specs = specs
+        self.bodies: list[str] = []
+
+    async def call(
+        self, method: str, path: str, *, expect: int = 200, **params: str
+    ) -> dict[str, Any]:
+        async with self.session.request(method, path, params=params or None) as response:
+            text = await response.text()
+            self.bodies.append(text)
+            assert response.status == expect, (response.status, text)
+            assert response.content_type == "application/json", response.content_type
+            body: dict[str, Any] = json.loads(text)
+            return body
+
+    async def get(self, path: str, *, expect: int = 200, **params: str) -> dict[str, Any]:
+        return await self.call("GET", path, expect=expect, **params)
+
+    async def post(self, path: str, *, expect: int = 200) -> dict[str, Any]:
+        return await self.call("POST", path, expect=expect)
+
+    async def error(self, method: str, path: str, *, expect: int, code: str) -> str:
+        body = await self.call(method, path, expect=expect)
+        error = body["error"]
+        assert error["code"] == code, body
+        assert set(error) >= {"code", "category", "message"}
+        return str(error["message"])
+
+    def write(self, collector_id: str, text: str) -> None:
+        (self.specs / f"{collector_id}.toml").write_text(text)
+
+    def view(self, collector_id: str) -> CollectorView | None:
+        """The collector as the loop sees it; ``None`` until its spec file is seen."""
+        try:
+            return self.reconciler.view(collector_id)
+        except ProcessNotFound:
+            return None
+
+    def converged(self, collector_id: str) -> bool:
+        view = self.view(collector_id)
+        return view is not None and view.converged
+
+    def spec_error(self, collector_id: str) -> str | None:
+        view = self.view(collector_id)
+        return view.spec_error if view is not None else None
+
+    def state(self, collector_id: str) -> CollectorState | None:
+        manager = self.reconciler.manager
+        if collector_id not in manager.collector_ids():
+            return None
+        return manager.status(collector_id).state
+
+    async def running(self, collector_id: str) -> int:
+        def check() -> int | None:
+            if self.state(collector_id) != CollectorState.RUNNING:
+                return None
+            return self.reconciler.manager.status(collector_id).pid
+
+        pid = await eventually(check, message=f"{collector_id} running")
+        assert isinstance(pid, int)
+        return pid
+
+
+@pytest.fixture
+async def reconciler(tmp_path: Path) -> AsyncIterator[Reconciler]:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    manager = CollectorProcessManager(
+        ProcessManagerConfig(
+            default_graceful_timeout_seconds=2, restart_backoff_initial_seconds=0.2
+        ),
+        log_dir=tmp_path / "logs",
+    )
+    running = Reconciler(source=SpecSource(specs, rescan_interval_seconds=30), manager=manager)
+    task = asyncio.create_task(running.run())
+    try:
+        await asyncio.wait_for(running.ready.wait(), 10)
+        yield running
+    finally:
+        await running.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await manager.shutdown_all()
+
+
+class Reloads:
+    """The daemon's reload callback, as a test double: counts calls, may refuse."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.error: Exception | None = None
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def reloads() -> Reloads:
+    return Reloads()
+
+
+@pytest.fixture
+def socket_path(tmp_path: Path) -> Path:
+    return tmp_path / "run" / "api.sock"
+
+
+@pytest.fixture
+async def api(reconciler: Reconciler, socket_path: Path, reloads: Reloads) -> AsyncIterator[Api]:
+    server = ApiServer(
+        reconciler, socket_path=socket_path, reload=reloads, action_timeout_seconds=10
+    )
+    await server.start()
+    try:
+        async with aiohttp.ClientSession(
+            "http://reconciler", connector=aiohttp.UnixConnector(path=str(socket_path))
+        ) as session:
+            yield Api(session, server, reconciler.source.specs_dir)
+    finally:
+        await server.stop()
+
+
+async def answers(socket_path: Path) -> bool:
+    async with (
+        aiohttp.ClientSession(
+            "http://reconciler", connector=aiohttp.UnixConnector(path=str(socket_path))
+        ) as session,
+        session.get("/api/v1/collectors") as response,
+    ):
+        return response.status == 200
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+async def test_list_and_get_a_collector(api: Api) -> None:
+    api.write("web", spec_text(args=("300",)))
+    pid = await api.running("web")
+    await eventually(lambda: api.converged("web"))
+    listing = await api.get("/api/v1/collectors")
+    assert listing["ready"] is True
+    assert [c["id"] for c in listing["collectors"]] == ["web"]
+    web = await api.get("/api/v1/collectors/web")
+    assert web == listing["collectors"][0] | {"uptime_seconds": web["uptime_seconds"]}
+    assert web["type"] == "sleeper" and web["pid"] == pid
+    assert (web["desired"], web["state"], web["health"]) == ("running", "running", "healthy")
+    assert web["converged"] is True and web["override"] is None and web["spec_error"] is None
+    assert web["spec_file"] == "web.toml" and web["spec_hash"] == web["applied_spec_hash"]
+    assert web["restart_count"] == 0 and web["consecutive_restarts"] == 0
+    assert web["last_exit_code"] is None and web["backoff_seconds"] == 0
+    assert web["uptime_seconds"] >= 0 and web["start_time"] > 0 and web["probe_failures"] == 0
+    assert web["spec"]["args"] == ["300"] and web["spec"]["binary_path"] == "/bin/sleep"
+    assert web["spec"]["env_keys"] == sorted([MARK_ENV, "API_TOKEN"])
+    assert "env" not in web["spec"]
+
+
+async def test_a_spec_stopped_from_the_start_is_listed(api: Api) -> None:
+    api.write("idle", spec_text(extra='state = "stopped"'))
+    await eventually(lambda: api.converged("idle"), message="idle converged")
+    idle = await api.get("/api/v1/collectors/idle")
+    assert (idle["desired"], idle["state"], idle["pid"]) == ("stopped", "stopped", None)
+    assert idle["converged"] is True and idle["uptime_seconds"] == 0
+
+
+async def test_a_spec_error_is_shown_with_the_last_known_good_spec(api: Api) -> None:
+    api.write("web", spec_text())
+    pid = await api.running("web")
+    api.write("web", spec_text() + "argz = 1\n")
+    await eventually(lambda: api.spec_error("web"))
+    web = await api.get("/api/v1/collectors/web")
+    assert "web.toml" in web["spec_error"] and "argz" in web["spec_error"]
+    assert web["pid"] == pid and web["spec"]["args"] == ["300"]
+
+
+async def test_health_check_url_password_is_hidden(api: Api) -> None:
+    probe = '[health_check]\nhttp = "http://probe:pa55word@127.0.0.1:9/healthz"\n'
+    api.write("web", spec_text(extra=probe))
+    await api.running("web")
+    web = await api.get("/api/v1/collectors/web")
+    assert web["spec"]["health_check"]["http"] == "http://probe:***@127.0.0.1:9/healthz"
+    assert "pa55word" not in api.bodies[-1]
+
+
+async def test_rescan_sees_a_spec_written_just_before(api: Api) -> None:
+    api.write("fresh", spec_text())
+    listing = await api.get("/api/v1/collectors", rescan="true")
+    assert "fresh" in [c["id"] for c in listing["collectors"]]
+
+
+# -- operator actions -------------------------------------------------------------------------
+
+
+async def test_pause_and_resume_show_in_status_and_events(api: Api) -> None:
+    api.write("web", spec_text())
+    pid = await api.running("web")
+    paused = await api.post("/api/v1/collectors/web/pause")
+    assert paused["state"] == "paused" and paused["desired"] == "paused"
+    assert paused["override"] == {"action": "paused", "reason": "paused by operator"}
+    assert kernel_state(pid) == "T"
+    assert (await api.get("/api/v1/collectors/web"))["override"]["action"] == "paused"
+    again = await api.post("/api/v1/collectors/web/pause")
+    assert again["state"] == "paused", "pause is idempotent"
+    resumed = await api.post("/api/v1/collectors/web/resume")
+    assert resumed["state"] == "running" and resumed["pid"] == pid, "resume must not restart"
+    assert resumed["override"]["action"] == "running"
+    assert kernel_state(pid) in ("S", "R")
+    events = (await api.get("/api/v1/events", id="web"))["events"]
+    kinds = [(e["kind"], e["message"]) for e in events]
+    assert ("override", "paused by operator") in kinds
+    assert ("override", "resumed by operator") in kinds
+    assert kinds.index(("override", "paused by operator")) < kinds.index(
+        ("override", "resumed by operator")
+    )
+
+
+async def test_restart_gives_a_new_pid(api: Api) -> None:
+    api.write("web", spec_text())
+    pid = await api.running("web")
+    restarted = await api.post("/api/v1/collectors/web/restart")
+    assert restarted["pid"] != pid and isinstance(restarted["pid"], int)
+    assert restarted["id"] == "web" and restarted["restart_count"] == 1
+    assert not alive(pid)
+    web = await api.get("/api/v1/collectors/web")
+    assert web["pid"] == restarted["pid"] and web["restart_count"] == 1
+    events = (await api.get("/api/v1/events", id="web"))["events"]
+    assert ("restart", "restarted by operator") in [(e["kind"], e["message"]) for e in events]
+
+
+async def test_a_failed_collector_cannot_be_paused_and_its_restart_reports_why(
+    api: Api,
+) -> None:
+    api.write("broken", spec_text(binary="/nonexistent/bin"))
+    await eventually(lambda: api.state("broken") == CollectorState.FAILED)
+    for action in ("pause", "resume"):
+        message = await api.error(
+            "POST", f"/api/v1/collectors/broken/{action}", expect=409, code="INVALID_STATE"
+        )
+        assert "failed" in message and "reconciler restart broken" in message
+    # restart is how an operator retries a failed collector; this one fails again.
+    message = await api.error(
+        "POST", "/api/v1/collectors/broken/restart", expect=500, code="SPAWN_FAILED"
+    )
+    assert "/nonexistent/bin" in message
+    assert (await api.get("/api/v1/collectors/broken"))["state"] == "failed"
+
+
+@pytest.mark.parametrize("action", ["pause", "resume", "restart"])
+async def test_actions_on_a_collector_its_spec_stops_are_invalid_state(
+    api: Api, action: str
+) -> None:
+    api.write("idle", spec_text(extra='state = "stopped"'))
+    await eventually(lambda: api.converged("idle"))
+    message = await api.error(
+        "POST", f"/api/v1/collectors/idle/{action}", expect=409, code="INVALID_STATE"
+    )
+    assert "stopped" in message
+    assert api.reconciler.view("idle").override is None
+    assert api.state("idle") is None, "nothing was started"
+
+
+async def test_actions_on_a_collector_without_a_valid_spec_are_invalid_state(api: Api) -> None:
+    api.write("bad", spec_text() + "argz = 1\n")
+    await eventually(lambda: api.spec_error("bad"))
+    for action in ("pause", "resume", "restart"):
+        message = await api.error(
+            "POST", f"/api/v1/collectors/bad/{action}", expect=409, code="INVALID_STATE"
+        )
+        assert "no valid spec" in message and "argz" in message
+
+
+async def test_pause_that_cannot_take_effect_in_time_is_a_timeout(api: Api) -> None:
+    crashing = spec_text(
+        binary="/bin/sh",
+        args=("-c", "exit 3"),
+        extra="restart_backoff_initial_seconds = 30\nmax_restarts = 5",
+    )
+    api.write("crashy", crashing)
+    await eventually(lambda: api.state("crashy") == CollectorState.BACKOFF, message="backoff")
+    api.server.action_timeout_seconds = 0.2
+    message = await api.error("POST", "/api/v1/collectors/crashy/pause", expect=504, code="TIMEOUT")
+    assert "backoff" in message and "stays in effect" in message
+    crashy = await api.get("/api/v1/collectors/crashy")
+    assert crashy["override"]["action"] == "paused" and crashy["state"] == "backoff"
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        pytest.param("GET", "/api/v1/collectors/nope", id="get"),
+        pytest.param("POST", "/api/v1/collectors/nope/restart", id="restart"),
+        pytest.param("POST", "/api/v1/collectors/nope/pause", id="pause"),
+        pytest.param("POST", "/api/v1/collectors/nope/resume", id="resume"),
+    ],
+)
+async def test_unknown_collector_is_process_not_found(api: Api, method: str, path: str) -> None:
+    body = await api.call(method, path, expect=404)
+    assert body["error"]["code"] == "PROCESS_NOT_FOUND"
+    assert body["error"]["category"] == "Resource"
+    assert "nope" in body["error"]["message"]
+
+
+async def test_unknown_route_and_wrong_method_are_json_errors(api: Api) -> None:
+    body = await api.call("GET", "/api/v1/nothing-here", expect=404)
+    assert body["error"]["code"] == "NOT_FOUND" and body["error"]["category"] == "Resource"
+    assert "/api/v1/nothing-here" in body["error"]["message"]
+    body = await api.call("DELETE", "/api/v1/collectors", expect=405)
+    assert body["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+async def test_bad_query_parameters_are_bad_request(api: Api) -> None:
+    for limit in ("0", "-1", "ten"):
+        await api.error("GET", f"/api/v1/events?limit={limit}", expect=400, code="BAD_REQUEST")
+    await api.error("GET", "/api/v1/collectors?rescan=maybe", expect=400, code="BAD_REQUEST")
+
+
+# -- events and reload ------------------------------------------------------------------------
+
+
+async def test_events_are_oldest_first_filtered_and_limited(api: Api) -> None:
+    api.write("a", spec_text())
+    api.write("b", spec_text())
+    await api.running("a")
+    await api.running("b")
+    await api.post("/api/v1/collectors/a/restart")
+    events = (await api.get("/api/v1/events"))["events"]
+    assert {"a", "b"} <= {e["id"] for e in events}
+    times = [e["unix_time"] for e in events]
+    assert times == sorted(times)
+    assert all(e["time"].endswith("Z") and e["time"][:4].isdigit() for e in events)
+    assert set(events[0]) == {"time", "unix_time", "id", "kind", "message"}
+    only_a = (await api.get("/api/v1/events", id="a"))["events"]
+    assert only_a and {e["id"] for e in only_a} == {"a"}
+    last_two = (await api.get("/api/v1/events", limit="2"))["events"]
+    assert last_two == events[-2:]
+    assert (await api.get("/api/v1/events", id="nobody"))["events"] == []
+
+
+async def test_reload_calls_the_reload_callback(api: Api, reloads: Reloads) -> None:
+    assert await api.post("/api/v1/reload") == {"reloaded": True}
+    assert reloads.calls == 1
+
+
+async def test_a_refused_config_reload_is_invalid_spec(api: Api, reloads: Reloads) -> None:
+    reloads.error = InvalidSpec(
+        "reconciler.toml: process_manager.bogus: unknown key",
+        problems=["reconciler.toml: process_manager.bogus: unknown key"],
+    )
+    body = await api.call("POST", "/api/v1/reload", expect=422)
+    assert body["error"]["code"] == "INVALID_SPEC"
+    assert body["error"]["category"] == "Configuration"
+    assert body["error"]["problems"] == ["reconciler.toml: process_manager.bogus: unknown key"]
+
+
+async def test_an_unexpected_exception_is_a_logged_500(
+    api: Api, reloads: Reloads, caplog: pytest.LogCaptureFixture
+) -> None:
+    reloads.error = RuntimeError("boom")
+    with caplog.at_level(logging.ERROR, logger="reconciler.api"):
+        body = await api.call("POST", "/api/v1/reload", expect=500)
+    assert body["error"]["code"] == "INTERNAL" and body["error"]["category"] == "Internal"
+    assert "RuntimeError" in body["error"]["message"] and "boom" not in body["error"]["message"]
+    assert any("POST /api/v1/reload" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+# -- secrets ------------------------------------------------------------------------------------
+
+
+async def test_env_values_never_appear_in_any_answer(api: Api) -> None:
+    api.write("web", spec_text())
+    api.write("idle", spec_text(extra='state = "stopped"'))
+    api.write("bad", spec_text() + "argz = 1\n")
+    await api.running("web")
+    await eventually(lambda: api.spec_error("bad"))
+    await api.get("/api/v1/collectors")
+    await api.get("/api/v1/collectors", rescan="true")
+    for collector_id in ("web", "idle", "bad"):
+        await api.get(f"/api/v1/collectors/{collector_id}")
+    await api.call("GET", "/api/v1/collectors/nope", expect=404)
+    await api.post("/api/v1/collectors/web/pause")
+    await api.post("/api/v1/collectors/web/resume")
+    await api.post("/api/v1/collectors/web/restart")
+    await api.call("POST", "/api/v1/collectors/idle/pause", expect=409)
+    await api.call("POST", "/api/v1/collectors/bad/restart", expect=409)
+    await api.get("/api/v1/events")
+    await api.get("/api/v1/events", id="web")
+    await api.post("/api/v1/reload")
+    await api.call("GET", "/api/v1/nowhere", expect=404)
+    assert len(api.bodies) >= 15
+    leaks = [body for body in api.bodies if SECRET in body or SESSION_MARK in body]
+    assert not leaks, leaks
+
+
+# -- the socket ---------------------------------------------------------------------------------
+
+
+async def test_socket_is_0600_in_a_0700_directory_and_removed_on_stop(
+    reconciler: Reconciler, tmp_path: Path
+) -> None:
+    path = tmp_path / "fresh" / "api.sock"
+    server = ApiServer(reconciler, socket_path=path)
+    await server.start()
+    try:
+        st = os.stat(path)
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+        assert await answers(path)
+        assert sorted(p.name for p in path.parent.iterdir()) == ["api.sock", "api.sock.lock"]
+    finally:
+        await server.stop()
+    assert not path.exists()
+
+
+async def test_an_existing_directory_keeps_its_mode(reconciler: Reconciler, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    os.chmod(run, 0o755)
+    server = ApiServer(reconciler, socket_path=run / "api.sock")
+    await server.start()
+    try:
+        assert stat.S_IMODE(os.stat(run).st_mode) == 0o755
+        assert stat.S_IMODE(os.stat(run / "api.sock").st_mode) == 0o600
+    finally:
+        await server.stop()
+
+
+async def test_a_stale_socket_is_replaced(reconciler: Reconciler, socket_path: Path) -> None:
+    socket_path.parent.mkdir()
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(socket_path))
+    dead.close()  # the file stays, nobody listens: what a killed daemon leaves
+    assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
+    server = ApiServer(reconciler, socket_path=socket_path)
+    await server.start()
+    try:
+        assert await answers(socket_path)
+        assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
+    finally:
+        await server.stop()
+
+
+async def test_a_live_reconciler_is_not_robbed_of_its_socket(api: Api, socket_path: Path) -> None:
+    second = ApiServer(api.reconciler, socket_path=socket_path)
+    with pytest.raises(AlreadyRunning, match="another reconciler is serving"):
+        await second.start()
+    await second.stop()
+    assert await answers(socket_path), "the first server must still answer"
+    assert (await api.get("/api/v1/collectors"))["collectors"] == []
+
+
+async def test_a_socket_someone_else_listens_on_is_not_taken(
+    reconciler: Reconciler, socket_path: Path
+) -> None:
+    socket_path.parent.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    listener.listen()
+    try:
+        inode = os.stat(socket_path).st_ino
+        with pytest.raises(AlreadyRunning, match="in use"):
+            await ApiServer(reconciler, socket_path=socket_path).start()
+        assert os.stat(socket_path).st_ino == inode
+    finally:
+        listener.close()
+
+
+async def test_a_file_that_is_not_a_socket_is_left_alone(
+    reconciler: Reconciler, socket_path: Path
+) -> None:
+    socket_path.parent.mkdir()
+    socket_path.write_text("precious")
+    with pytest.raises(Io, match="not a socket"):
+        await ApiServer(reconciler, socket_path=socket_path).start()
+    assert socket_path.read_text() == "precious"
+
+
+async def test_stop_leaves_a_newer_servers_socket_alone(
+    reconciler: Reconciler, socket_path: Path
+) -> None:
+    server = ApiServer(reconciler, socket_path=socket_path)
+    await server.start()
+    socket_path.unlink()
+    socket_path.write_text("someone else's now")
+    await server.stop()
+    assert socket_path.read_text() == "someone else's now"

@@ -255,7 +255,7 @@ class CollectorProcessManager:
             collector.config = config
             collector.consecutive_restarts = 0
             collector.desired = DesiredState.RUNNING
-            return await self._spawn(collector, reason="started")
+            return await self._spawn(collector, reason="start requested")
 
     async def stop_collector(
         self, collector_id: str, graceful: bool = True, timeout: float | None = None
@@ -588,7 +588,7 @@ class CollectorProcessManager:
         collector.state = CollectorState.RUNNING
         if collector.desired == DesiredState.STOPPED:
             collector.desired = DesiredState.RUNNING
-        self._emit(collector, "started", f"{reason} (pid {run.pid})")
+        self._emit(collector, "started", f"pid {run.pid} ({reason})")
         self._restart_probe(collector, run)
         return run.pid
 

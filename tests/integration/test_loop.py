@@ -86,8 +86,7 @@ class Harness:
             return (
                 set(expected) <= {v.collector_id for v in views}
                 and all(
-                    v.converged or v.spec_error or v.state == CollectorState.FAILED
-                    for v in views
+                    v.converged or v.spec_error or v.state == CollectorState.FAILED for v in views
                 )
                 and not self.reconciler._busy
             )
@@ -314,13 +313,17 @@ async def test_burst_of_rewrites_ends_with_one_process_on_the_final_spec(
     for i in range(30):
         write_atomically(path, spec_text(str(1000 + i)))
         await asyncio.sleep(max(0.0, started + (i + 1) / 30 - loop.time()))
-    await eventually(
-        lambda: (
-            (pid := harness.pid("a"))
-            and Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1] == b"1029"
-        ),
-        timeout=15,
-    )
+
+    def runs_final_spec() -> bool:
+        pid = harness.pid("a")
+        try:
+            # The pid may be replaced (and gone) between the lookup and the read.
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return pid is not None and argv[1] == b"1029"
+
+    await eventually(runs_final_spec, timeout=15)
     await harness.settled()
     tree = harness.manager.tree_pids("a")
     assert len(tree) == 1 and not alive(first)

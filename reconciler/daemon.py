@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from reconciler.api import ApiServer
 from reconciler.errors import InvalidSpec, ProcessNotFound, ReconcilerError
 from reconciler.loop import Applied, Reconciler, resolve_spec_paths, run_until
+from reconciler.metrics import MetricsServer
 from reconciler.process import CollectorProcessManager, ManagerEvent
 from reconciler.source import SpecSource
 from reconciler.spec.load import parse_manager_config
@@ -145,6 +146,8 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self._save_handle: asyncio.TimerHandle | None = None
         self.api: ApiServer | None = None
+        # Built here so that a malformed address is a start-up error (exit 1).
+        self.metrics = MetricsServer(self.reconciler, address=settings.metrics_address)
         self._spec_dumps: dict[str, dict[str, Any]] = {}
 
     def reload(self) -> None:
@@ -303,8 +306,11 @@ class Daemon:
         )
         await self.api.start()
         log.info("control API on %s", settings.socket_path)
+        host, port = await self.metrics.start()
+        log.info("metrics on http://%s:%d/metrics (also /healthz, /readyz)", host, port)
 
     async def _stop_servers(self) -> None:
+        await self.metrics.stop()
         if self.api is not None:
             await self.api.stop()
             self.api = None

@@ -131,6 +131,8 @@ class Reconciler:
         self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
         self.applied: dict[str, Applied] = {}
         self.ready = asyncio.Event()
+        self.alive = False
+        """True while ``run()`` is reconciling (``/healthz``)."""
         self.passes = 0
         self.last_pass_duration_seconds = 0.0
         self.pass_listeners: list[Callable[[float], None]] = []
@@ -167,6 +169,7 @@ class Reconciler:
         self.snapshot = await asyncio.to_thread(self.source.scan)
         watcher = asyncio.create_task(self._follow_source(), name="spec source")
         rotation = asyncio.create_task(self._rotate_logs(), name="log rotation")
+        self.alive = True
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -183,6 +186,7 @@ class Reconciler:
                 # Let wake-ups that arrive meanwhile share the next pass.
                 await asyncio.sleep(self.last_pass_duration_seconds * PASS_SPACING_FACTOR)
         finally:
+            self.alive = False
             watcher.cancel()
             rotation.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -401,6 +405,7 @@ class Reconciler:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         async def restart() -> None:
+            result = "error"
             try:
                 self.record(collector_id, "restart", "restarted by operator")
                 done.set_result(
@@ -408,10 +413,13 @@ class Reconciler:
                         collector_id, reason="restarted by operator"
                     )
                 )
+                result = "success"
             except BaseException as exc:
                 done.set_exception(exc)
             finally:
                 self._busy.pop(collector_id, None)
+                for listener in self.action_listeners:
+                    listener("restart", result)
                 self.wake()
 
         self._busy[collector_id] = asyncio.create_task(restart())
@@ -432,18 +440,15 @@ class Reconciler:
             for problem in snapshot.problems.values()
             if problem.collector_id is not None
         }
-        known = set(snapshot.specs) | set(self.manager.collector_ids()) | set(problems_by_id)
+        managed = set(self.manager.collector_ids())
+        known = set(snapshot.specs) | managed | set(problems_by_id)
         if only is not None:
             known &= set(only)
         desired_all, observed_all = self.desired(), self.observed()
         result = []
         for collector_id in sorted(known):
             loaded = snapshot.specs.get(collector_id)
-            status = (
-                self.manager.status(collector_id)
-                if collector_id in self.manager.collector_ids()
-                else None
-            )
+            status = self.manager.status(collector_id) if collector_id in managed else None
             desired = desired_all.get(collector_id)
             override = self.overrides.get(collector_id)
             problem = problems_by_id.get(collector_id)

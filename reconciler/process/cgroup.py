@@ -142,11 +142,20 @@ class RunCgroup:
         return enforced
 
     def pids(self) -> list[int]:
+        # Raw os.read: this runs for every collector on every metrics scrape.
         try:
-            text = (self.path / "cgroup.procs").read_text()
+            fd = os.open(self.path / "cgroup.procs", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return []
-        return [int(line) for line in text.split()]
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        except OSError:
+            return []
+        finally:
+            os.close(fd)
+        return [int(pid) for pid in b"".join(chunks).split()]
 
     def signal_all(self, signum: int) -> None:
         for pid in self.pids():

@@ -88,6 +88,10 @@ class ManagerEvent:
     kind: str
     message: str
     wall_time: float
+    automatic: bool = False
+    """On ``started``: a restart the restart policy made (after a crash or backoff)."""
+    forced: bool = False
+    """On ``stopped`` and ``failed``: the stop had to SIGKILL."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,8 @@ class _Run:
     """Kernel start time of the process: with the pid, its identity across restarts."""
     adopted: bool = False
     stop_requested: bool = False
+    killed: bool = False
+    """The stop had to SIGKILL (graceful timeout, escalation or forced stop)."""
     probe_task: asyncio.Task[None] | None = None
     probe_failures: int = 0
     probe_passed: bool | None = None
@@ -204,8 +210,18 @@ class CollectorProcessManager:
         """Apply a reloaded ``[process_manager]`` table; running processes are untouched."""
         self.config = config
 
-    def _emit(self, collector: _Collector, kind: str, message: str) -> None:
-        event = ManagerEvent(collector.collector_id, kind, message, time.time())
+    def _emit(
+        self,
+        collector: _Collector,
+        kind: str,
+        message: str,
+        *,
+        automatic: bool = False,
+        forced: bool = False,
+    ) -> None:
+        event = ManagerEvent(
+            collector.collector_id, kind, message, time.time(), automatic=automatic, forced=forced
+        )
         log.info("%s: %s", collector.collector_id, message)
         for listener in self._listeners:
             try:
@@ -573,7 +589,7 @@ class CollectorProcessManager:
 
     # -- spawning -------------------------------------------------------------
 
-    async def _spawn(self, collector: _Collector, *, reason: str) -> int:
+    async def _spawn(self, collector: _Collector, *, reason: str, automatic: bool = False) -> int:
         """Start the collector's process (lock held); ``failed`` on error."""
         collector.state = CollectorState.STARTING
         self._cancel_backoff(collector)
@@ -588,7 +604,7 @@ class CollectorProcessManager:
         collector.state = CollectorState.RUNNING
         if collector.desired == DesiredState.STOPPED:
             collector.desired = DesiredState.RUNNING
-        self._emit(collector, "started", f"pid {run.pid} ({reason})")
+        self._emit(collector, "started", f"pid {run.pid} ({reason})", automatic=automatic)
         self._restart_probe(collector, run)
         return run.pid
 
@@ -757,7 +773,9 @@ class CollectorProcessManager:
                 return
             collector.restart_count += 1
             try:
-                await self._spawn(collector, reason=f"restarted after crash ({description})")
+                await self._spawn(
+                    collector, reason=f"restarted after crash ({description})", automatic=True
+                )
                 return
             except SpawnFailed as exc:
                 # A binary mid-deploy is a crash of zero length: retry with backoff.
@@ -786,7 +804,7 @@ class CollectorProcessManager:
             collector.backoff_timer = None
             collector.restart_count += 1
             try:
-                await self._spawn(collector, reason="restarted after backoff")
+                await self._spawn(collector, reason="restarted after backoff", automatic=True)
             except SpawnFailed as exc:
                 await self._after_unexpected_end(
                     collector, run_seconds=0.0, description=f"failed to start: {exc.message}"
@@ -825,7 +843,7 @@ class CollectorProcessManager:
         except TerminateFailed as exc:
             collector.state = CollectorState.FAILED
             collector.last_error = exc.message
-            self._emit(collector, "failed", exc.message)
+            self._emit(collector, "failed", exc.message, forced=True)
             raise
         finally:
             collector.stop_task = None
@@ -833,7 +851,7 @@ class CollectorProcessManager:
         collector.last_exit_code = code
         collector.state = CollectorState.STOPPED
         self._release(run)
-        self._emit(collector, "stopped", f"stopped ({describe_exit(code)})")
+        self._emit(collector, "stopped", f"stopped ({describe_exit(code)})", forced=run.killed)
         return code
 
     async def _terminate(
@@ -928,6 +946,7 @@ class CollectorProcessManager:
                 os.kill(pid, signum)
 
     def _kill_tree(self, run: _Run) -> None:
+        run.killed = True
         if run.cgroup is not None:
             run.cgroup.kill()
         self._signal_tree(run, signal.SIGKILL)

@@ -447,41 +447,37 @@ class CollectorProcessManager:
 
     async def pause_collector(self, collector_id: str) -> None:
         """SIGSTOP the collector's whole tree; confirmed from the kernel's view."""
-        _require_job_control()
-        collector = self._get(collector_id)
-        async with collector.lock:
-            if collector.state == CollectorState.PAUSED:
-                collector.desired = DesiredState.PAUSED
-                return
-            run = collector.run
-            if collector.state != CollectorState.RUNNING or run is None:
-                raise InvalidState(
-                    f"cannot pause collector {collector_id!r}: it is {collector.state}"
-                )
-            self._signal_tree(run, signal.SIGSTOP)
-            await self._confirm_stopped(run, stopped=True)
-            collector.state = CollectorState.PAUSED
-            collector.desired = DesiredState.PAUSED
-            self._emit(collector, "paused", f"paused (pid {run.pid})")
+        await self._job_control(collector_id, pause=True)
 
     async def resume_collector(self, collector_id: str) -> None:
         """SIGCONT a paused collector's whole tree; confirmed from the kernel's view."""
+        await self._job_control(collector_id, pause=False)
+
+    async def _job_control(self, collector_id: str, *, pause: bool) -> None:
         _require_job_control()
         collector = self._get(collector_id)
+        wanted, source = (
+            (CollectorState.PAUSED, CollectorState.RUNNING)
+            if pause
+            else (CollectorState.RUNNING, CollectorState.PAUSED)
+        )
         async with collector.lock:
-            if collector.state == CollectorState.RUNNING:
-                collector.desired = DesiredState.RUNNING
+            desired = DesiredState(wanted.value)
+            if collector.state == wanted:
+                collector.desired = desired
                 return
             run = collector.run
-            if collector.state != CollectorState.PAUSED or run is None:
+            if collector.state != source or run is None:
+                verb = "pause" if pause else "resume"
                 raise InvalidState(
-                    f"cannot resume collector {collector_id!r}: it is {collector.state}"
+                    f"cannot {verb} collector {collector_id!r}: it is {collector.state}"
                 )
-            self._signal_tree(run, signal.SIGCONT)
-            await self._confirm_stopped(run, stopped=False)
-            collector.state = CollectorState.RUNNING
-            collector.desired = DesiredState.RUNNING
-            self._emit(collector, "resumed", f"resumed (pid {run.pid})")
+            self._signal_tree(run, signal.SIGSTOP if pause else signal.SIGCONT)
+            await self._confirm_stopped(run, stopped=pause)
+            collector.state = wanted
+            collector.desired = desired
+            kind = "paused" if pause else "resumed"
+            self._emit(collector, kind, f"{kind} (pid {run.pid})")
 
     async def check_collector_health(self, collector_id: str) -> HealthStatus:
         """Health per DESIGN §4, from the kernel's view and the last probe results."""

@@ -7,11 +7,19 @@ become true, and fail with a clear message when it does not in time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+from reconciler import CollectorProcessManager, ProcessManagerConfig
+from reconciler.loop import Reconciler
+from reconciler.source import SpecSource
 
 SESSION_MARK = f"reconciler-test-{uuid.uuid4().hex[:12]}"
 """Put in every test collector's environment, so any survivor can be found."""
@@ -39,10 +47,10 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-def marked_pids(mark: str = SESSION_MARK) -> list[int]:
-    """Live (non-zombie) processes whose environment carries ``mark``."""
+def pids_with_env(key: str, value: str) -> list[int]:
+    """Live (non-zombie) processes whose environment has ``key=value``."""
     found = []
-    needle = f"{MARK_ENV}={mark}".encode()
+    needle = f"{key}={value}".encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -56,6 +64,63 @@ def marked_pids(mark: str = SESSION_MARK) -> list[int]:
     return found
 
 
+def marked_pids(mark: str = SESSION_MARK) -> list[int]:
+    """Live processes carrying this test session's (or ``mark``'s) leak-check tag."""
+    return pids_with_env(MARK_ENV, mark)
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "",
+) -> Any:
+    """``eventually`` for synchronous tests: poll until truthy, fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {timeout} s: {message} (last: {value!r})")
+        time.sleep(interval)
+
+
+RECONCILER = str(Path(sys.executable).with_name("reconciler"))
+"""The console script, as a user runs it."""
+
+
+def start_daemon(
+    *,
+    specs: Path,
+    state: Path,
+    stderr_path: Path,
+    metrics_address: str = "127.0.0.1:0",
+    extra: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """``reconciler run`` on its own spec dir, state dir and socket; stderr to a file."""
+    with stderr_path.open("wb") as stderr:
+        return subprocess.Popen(
+            [
+                RECONCILER,
+                "run",
+                "--specs",
+                str(specs),
+                "--state-dir",
+                str(state),
+                "--metrics-address",
+                metrics_address,
+                "--socket",
+                str(state / "api.sock"),
+                *extra,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+
 def kernel_state(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
@@ -66,3 +131,31 @@ def kernel_state(pid: int) -> str | None:
 
 def alive(pid: int) -> bool:
     return kernel_state(pid) not in (None, "Z", "X")
+
+
+def new_reconciler(tmp_path: Path) -> Reconciler:
+    """A reconciler over ``tmp_path/specs`` with short timeouts, not yet running."""
+    specs = tmp_path / "specs"
+    specs.mkdir(exist_ok=True)
+    manager = CollectorProcessManager(
+        ProcessManagerConfig(
+            default_graceful_timeout_seconds=2, restart_backoff_initial_seconds=0.2
+        ),
+        log_dir=tmp_path / "logs",
+    )
+    return Reconciler(source=SpecSource(specs, rescan_interval_seconds=30), manager=manager)
+
+
+@contextlib.asynccontextmanager
+async def reconciling(reconciler: Reconciler) -> AsyncIterator[Reconciler]:
+    """Run the loop until the block ends, then stop it and every collector."""
+    task = asyncio.create_task(reconciler.run())
+    try:
+        await asyncio.wait_for(reconciler.ready.wait(), 10)
+        yield reconciler
+    finally:
+        await reconciler.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await reconciler.manager.shutdown_all()

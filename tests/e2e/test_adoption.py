@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_run import Daemon, spec, wait_for
-from tests.support import alive
+from tests.e2e.test_run import Daemon, spec
+from tests.support import alive, wait_for
 
 
 @pytest.fixture

@@ -14,42 +14,25 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import MARK_ENV, SESSION_MARK, alive
+from tests.support import (
+    MARK_ENV,
+    RECONCILER,
+    SESSION_MARK,
+    pids_with_env,
+    start_daemon,
+    wait_for,
+)
 
-RECONCILER = str(Path(sys.executable).with_name("reconciler"))
 DAEMON_ENV = "RECONCILER_E2E_DAEMON"
 """Tags the collectors of one test's daemon, so that its finaliser kills only those."""
 SECRET = "e2e-secret-token-value"
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not true within {timeout} s: {message}")
-        time.sleep(0.02)
-
-
-def pids_with_env(key: str, value: str) -> list[int]:
-    needle = f"{key}={value}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if needle in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                    found.append(int(entry))
-    return [pid for pid in found if alive(pid)]
 
 
 class Daemon:
@@ -62,24 +45,9 @@ class Daemon:
         self.socket = self.state / "api.sock"
         self.tag = f"{os.getpid()}-{time.monotonic_ns()}"
         self.stderr_path = tmp_path / "reconciler.stderr"
-        with self.stderr_path.open("wb") as stderr:
-            self.process = subprocess.Popen(
-                [
-                    RECONCILER,
-                    "run",
-                    "--specs",
-                    str(self.specs),
-                    "--state-dir",
-                    str(self.state),
-                    "--metrics-address",
-                    "127.0.0.1:0",
-                    "--socket",
-                    str(self.socket),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
+        self.process = start_daemon(
+            specs=self.specs, state=self.state, stderr_path=self.stderr_path
+        )
 
     def spec(
         self,

@@ -6,27 +6,13 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import MARK_ENV, alive, marked_pids
-
-RECONCILER = str(Path(sys.executable).with_name("reconciler"))
-
-
-def wait_for(predicate, *, timeout: float = 10.0, message: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not true within {timeout} s: {message}")
-        time.sleep(0.01)
+from tests.support import MARK_ENV, RECONCILER, alive, marked_pids, start_daemon, wait_for
 
 
 def spec(mark: str, arg: str = "300") -> str:
@@ -43,27 +29,8 @@ class Daemon:
         self.state = tmp_path / "state"
         self.stderr_path = tmp_path / "reconciler.stderr"
         self.mark = f"e2e-{os.getpid()}-{time.monotonic_ns()}"
-        with self.stderr_path.open("wb") as stderr:
-            self.process = self._start(stderr, extra)
-
-    def _start(self, stderr, extra: tuple[str, ...]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                RECONCILER,
-                "run",
-                "--specs",
-                str(self.specs),
-                "--state-dir",
-                str(self.state),
-                "--metrics-address",
-                "127.0.0.1:0",
-                "--socket",
-                str(self.state / "api.sock"),
-                *extra,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
+        self.process = start_daemon(
+            specs=self.specs, state=self.state, stderr_path=self.stderr_path, extra=extra
         )
 
     @property

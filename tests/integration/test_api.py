@@ -7,8 +7,6 @@ socket's mode and ownership rules, and that env values never leave the daemon.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -21,12 +19,19 @@ from typing import Any
 import aiohttp
 import pytest
 
-from reconciler import CollectorProcessManager, CollectorState, ProcessManagerConfig
+from reconciler import CollectorState
 from reconciler.api import ApiServer
 from reconciler.errors import AlreadyRunning, InvalidSpec, Io, ProcessNotFound
 from reconciler.loop import CollectorView, Reconciler
-from reconciler.source import SpecSource
-from tests.support import MARK_ENV, SESSION_MARK, alive, eventually, kernel_state
+from tests.support import (
+    MARK_ENV,
+    SESSION_MARK,
+    alive,
+    eventually,
+    kernel_state,
+    new_reconciler,
+    reconciling,
+)
 
 SECRET = "hunter2-s3cr3t-value"
 """An env value that must never appear in any API answer."""
@@ -126,25 +131,8 @@ class Api:
 
 @pytest.fixture
 async def reconciler(tmp_path: Path) -> AsyncIterator[Reconciler]:
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    manager = CollectorProcessManager(
-        ProcessManagerConfig(
-            default_graceful_timeout_seconds=2, restart_backoff_initial_seconds=0.2
-        ),
-        log_dir=tmp_path / "logs",
-    )
-    running = Reconciler(source=SpecSource(specs, rescan_interval_seconds=30), manager=manager)
-    task = asyncio.create_task(running.run())
-    try:
-        await asyncio.wait_for(running.ready.wait(), 10)
+    async with reconciling(new_reconciler(tmp_path)) as running:
         yield running
-    finally:
-        await running.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await manager.shutdown_all()
 
 
 class Reloads:

@@ -7,17 +7,23 @@ running collectors, editor and ConfigMap write patterns, and bursts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from reconciler import CollectorProcessManager, CollectorState, DesiredState, ProcessManagerConfig
+from reconciler import CollectorState, DesiredState
 from reconciler.loop import Reconciler
-from reconciler.source import SpecSource
-from tests.support import MARK_ENV, SESSION_MARK, alive, eventually, kernel_state
+from tests.support import (
+    MARK_ENV,
+    SESSION_MARK,
+    alive,
+    eventually,
+    kernel_state,
+    new_reconciler,
+    reconciling,
+)
 
 SPEC = """\
 type = "sleeper"
@@ -99,25 +105,9 @@ class Harness:
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    manager = CollectorProcessManager(
-        ProcessManagerConfig(
-            default_graceful_timeout_seconds=2, restart_backoff_initial_seconds=0.2
-        ),
-        log_dir=tmp_path / "logs",
-    )
-    reconciler = Reconciler(source=SpecSource(specs, rescan_interval_seconds=30), manager=manager)
-    task = asyncio.create_task(reconciler.run())
-    try:
-        await asyncio.wait_for(reconciler.ready.wait(), 10)
-        yield Harness(specs, reconciler)
-    finally:
-        await reconciler.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await manager.shutdown_all()
+    reconciler = new_reconciler(tmp_path)
+    async with reconciling(reconciler):
+        yield Harness(reconciler.source.specs_dir, reconciler)
 
 
 async def test_new_file_starts_a_collector(harness: Harness) -> None:

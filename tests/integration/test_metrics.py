@@ -26,12 +26,11 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from reconciler import CollectorProcessManager, CollectorState, ProcessManagerConfig
+from reconciler import CollectorState
 from reconciler.errors import InvalidSpec, Io
 from reconciler.loop import Reconciler
 from reconciler.metrics import SPEC_VALID, STATE, MetricsServer, OneHotFamily, SeriesFamily
-from reconciler.source import SpecSource
-from tests.support import MARK_ENV, SESSION_MARK, eventually, marked_pids
+from tests.support import MARK_ENV, SESSION_MARK, eventually, marked_pids, new_reconciler
 
 STATES = {"starting", "running", "paused", "stopping", "stopped", "backoff", "failed"}
 DESIRED = {"running", "paused", "stopped"}
@@ -193,15 +192,8 @@ class Harness:
 @pytest.fixture
 async def unstarted(tmp_path: Path) -> AsyncIterator[Harness]:
     """Listener up, reconcile loop not yet running."""
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    manager = CollectorProcessManager(
-        ProcessManagerConfig(
-            default_graceful_timeout_seconds=2, restart_backoff_initial_seconds=0.2
-        ),
-        log_dir=tmp_path / "logs",
-    )
-    reconciler = Reconciler(source=SpecSource(specs, rescan_interval_seconds=30), manager=manager)
+    reconciler = new_reconciler(tmp_path)
+    specs, manager = reconciler.source.specs_dir, reconciler.manager
     server = MetricsServer(reconciler, address="127.0.0.1:0")
     host, port = await server.start()
     session = aiohttp.ClientSession()

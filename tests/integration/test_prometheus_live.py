@@ -21,12 +21,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -44,9 +42,8 @@ from tests.integration.test_prometheus_rules import (
     recording_rules,
     require_tool,
 )
-from tests.support import MARK_ENV, SESSION_MARK, marked_pids
+from tests.support import MARK_ENV, SESSION_MARK, marked_pids, start_daemon, wait_for
 
-RECONCILER = str(Path(sys.executable).with_name("reconciler"))
 SCRAPE_INTERVAL = "1s"
 
 # Dashboard queries allowed to be empty even in the arranged fleet, and why.
@@ -83,18 +80,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float, message: str) -> Any:
-    """Poll ``predicate`` until truthy; fail naming ``message`` and the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not true within {timeout} s: {message} (last: {value!r})")
-        time.sleep(0.2)
 
 
 def http_get_json(url: str) -> Any:
@@ -138,25 +123,12 @@ class Stack:
 
 
 def _start_reconciler(tmp_path: Path, specs: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    state = tmp_path / "state"
-    with log.open("wb") as stderr:
-        return subprocess.Popen(
-            [
-                RECONCILER,
-                "run",
-                "--specs",
-                str(specs),
-                "--state-dir",
-                str(state),
-                "--metrics-address",
-                f"127.0.0.1:{port}",
-                "--socket",
-                str(state / "api.sock"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    return start_daemon(
+        specs=specs,
+        state=tmp_path / "state",
+        stderr_path=log,
+        metrics_address=f"127.0.0.1:{port}",
+    )
 
 
 def _start_prometheus(

@@ -284,6 +284,10 @@ class ClientFailure(Exception):
     """The daemon could not be asked; printed as it is, exit 1."""
 
 
+class Unreachable(ClientFailure):
+    """Nothing answers on the socket (yet): ``wait`` keeps trying until its timeout."""
+
+
 class ApiFailure(Exception):
     """The daemon answered with an error body; printed as ``CODE: message``, exit 1."""
 
@@ -370,7 +374,7 @@ class _Client:
                 except ValueError:
                     body = None
         except aiohttp.ClientConnectorError as exc:
-            raise ClientFailure(_unreachable(self.socket_path, exc.os_error)) from exc
+            raise Unreachable(_unreachable(self.socket_path, exc.os_error)) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             raise ClientFailure(
@@ -753,9 +757,17 @@ def cmd_wait(args: argparse.Namespace) -> int:
         params = {"rescan": "true"}
         while True:
             remaining = deadline - loop.time()
-            data = await client.call(
-                "GET", "/collectors", params=params, timeout_seconds=max(remaining, 1.0)
-            )
+            try:
+                data = await client.call(
+                    "GET", "/collectors", params=params, timeout_seconds=max(remaining, 1.0)
+                )
+            except Unreachable:
+                # Run right after the service starts, the socket may not exist
+                # yet: that is "not converged yet", not a failure, until the timeout.
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - loop.time())))
+                continue
             params = {}
             verdict = wait_verdict(data, args.ids)
             if verdict.failed:

@@ -285,6 +285,37 @@ def test_wait_fails_at_once_on_a_failed_collector(daemon: Daemon) -> None:
     assert result.stderr.splitlines()[-1].startswith("INVALID_STATE: 1 collector failed")
 
 
+def test_wait_started_before_the_daemon_waits_for_it(tmp_path: Path) -> None:
+    """As an Ansible play does: start the service, then wait at once."""
+    specs, state = tmp_path / "specs", tmp_path / "state"
+    specs.mkdir()
+    (specs / "a.toml").write_text(
+        'type = "sleeper"\nbinary_path = "/bin/sleep"\nargs = ["300"]\nlog = "null"\n'
+        f'env = {{ {MARK_ENV} = "{SESSION_MARK}" }}\n'
+    )
+    waiter = subprocess.Popen(
+        [RECONCILER, "wait", "a", "--timeout", "30", "--socket", str(state / "api.sock")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    daemon = None
+    try:
+        wait_for(lambda: waiter.poll() is None, timeout=1, message="wait is waiting")
+        daemon = start_daemon(specs=specs, state=state, stderr_path=tmp_path / "stderr")
+        out, err = waiter.communicate(timeout=30)
+        assert waiter.returncode == 0, err
+        assert out.startswith("converged: 1 collector")
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+        if daemon is not None:
+            daemon.terminate()
+            assert daemon.wait(timeout=30) == 0
+
+
 # -- no daemon, usage -----------------------------------------------------------------------------
 
 
@@ -306,7 +337,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         pytest.param(("restart", "web"), id="restart"),
         pytest.param(("pause", "web"), id="pause"),
         pytest.param(("events",), id="events"),
-        pytest.param(("wait", "--timeout", "5"), id="wait"),
+        pytest.param(("wait", "--timeout", "1"), id="wait"),
     ],
 )
 def test_no_daemon_is_one_clear_line_and_exit_1(tmp_path: Path, args: tuple[str, ...]) -> None:

@@ -140,6 +140,13 @@ class _Pass:
     watch_targets: tuple[WatchTarget, ...]
 
 
+def _read_only(path: str | int) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 class _Trust:
     """The StrictModes rule: who may have written what we are about to run as root."""
 
@@ -153,9 +160,14 @@ class _Trust:
             else "refusing it (safe permissions are required)"
         )
 
-    def refusal(self, st: os.stat_result, *, what: str) -> str | None:
-        """Why ``st`` may not be trusted, as ``"<what> is ...; refusing it ..."``; or ``None``."""
-        if not self.required:
+    def refusal(self, st: os.stat_result, *, what: str, path: str | int) -> str | None:
+        """Why ``st`` may not be trusted, as ``"<what> is ...; refusing it ..."``; or ``None``.
+
+        ``path`` (or an open fd) locates it: on a read-only mount nobody can
+        write it, whatever its owner and mode say. A Kubernetes ConfigMap volume
+        is such a mount, with directories the kubelet makes world-writable.
+        """
+        if not self.required or _read_only(path):
             return None
         if st.st_uid not in self._trusted_uids:
             owners = "root" if self._euid == 0 else f"root or uid {self._euid}"
@@ -224,7 +236,7 @@ class Scanner:
             return f"{where}: cannot access the specs directory: {_reason(exc)}", []
         if not stat.S_ISDIR(st.st_mode):
             return f"{where}: is not a directory", []
-        refusal = self._trust.refusal(st, what="the specs directory")
+        refusal = self._trust.refusal(st, what="the specs directory", path=str(self.specs_dir))
         if refusal is not None:
             return f"{where}: {refusal}; every spec in it keeps its last-known-good", []
         try:
@@ -322,7 +334,7 @@ class Scanner:
         self, shown: str, st: os.stat_result, target_dir: str, checked_dirs: dict[str, str | None]
     ) -> str | None:
         """StrictModes for one file: the resolved file, then the directory holding it."""
-        refusal = self._trust.refusal(st, what="file")
+        refusal = self._trust.refusal(st, what="file", path=target_dir)
         if refusal is not None:
             return f"{shown}: {refusal}"
         if not self._trust.required:
@@ -334,7 +346,7 @@ class Scanner:
                 checked_dirs[target_dir] = f"cannot check directory {target_dir}: {_reason(exc)}"
             else:
                 checked_dirs[target_dir] = self._trust.refusal(
-                    dir_st, what=f"directory {target_dir}"
+                    dir_st, what=f"directory {target_dir}", path=target_dir
                 )
         dir_refusal = checked_dirs[target_dir]
         return None if dir_refusal is None else f"{shown}: {dir_refusal}"
@@ -353,7 +365,7 @@ class Scanner:
                 st = os.fstat(file.fileno())
                 if not stat.S_ISREG(st.st_mode):
                     return _Failure((f"{shown}: not a regular file",)), None
-                refusal = self._trust.refusal(st, what="file")
+                refusal = self._trust.refusal(st, what="file", path=file.fileno())
                 if refusal is not None:
                     return _Failure((f"{shown}: {refusal}",)), None
                 data = file.read(MAX_SPEC_BYTES + 1)

@@ -13,6 +13,7 @@ import ctypes
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -831,3 +832,25 @@ async def test_stop_event_ends_the_watch(specs: Path) -> None:
     await asyncio.wait_for(first.wait(), DEADLINE_SECONDS)
     stop.set()
     await asyncio.wait_for(task, DEADLINE_SECONDS)
+
+
+@root_only
+def test_a_read_only_mount_is_trusted_whatever_its_modes(tmp_path: Path) -> None:
+    """A ConfigMap volume: world-writable modes on a read-only mount nobody can write."""
+    backing, mount = tmp_path / "backing", tmp_path / "mount"
+    backing.mkdir(mode=0o777)
+    backing.chmod(0o777)
+    mount.mkdir()
+    write(backing / "web.toml", spec_text("good"), mode=0o666)
+    os.chown(backing / "web.toml", 65534, 65534)
+    subprocess.run(["mount", "--bind", str(backing), str(mount)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=True)
+        snapshot = SpecSource(mount).scan()
+        assert set(snapshot.specs) == {"web"}, snapshot.problems
+        assert not snapshot.problems
+        # The same files on the writable side stay refused.
+        refused = SpecSource(backing).scan()
+        assert "." in refused.problems and not refused.specs
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

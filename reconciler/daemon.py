@@ -277,7 +277,6 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        settings = self.config.reconciler
         log.info(
             "reconciler %s (pid %d) watching %s; state in %s",
             _version(),
@@ -285,15 +284,14 @@ class Daemon:
             self.source.specs_dir,
             self.state_dir,
         )
-        keep = settings.on_exit == "keep"
         try:
-            await run_until(self.reconciler, self.stop_requested, keep_collectors=keep)
+            await run_until(self.reconciler, self.stop_requested, keep_collectors=self._keeps)
         finally:
             if self._save_handle is not None:
                 self._save_handle.cancel()
             self._save_state()
             await self._stop_servers()
-        if keep:
+        if self._keeps():
             log.info("stopped; collectors keep running for the next reconciler to adopt")
         else:
             log.info("stopped")
@@ -317,6 +315,9 @@ class Daemon:
 
     def _reload_from_api(self) -> None:
         self.reload_or_raise()
+
+    def _keeps(self) -> bool:
+        return self.config.reconciler.on_exit == "keep"
 
     def _request_stop(self, name: str) -> None:
         log.info("%s received: stopping", name)

@@ -486,7 +486,10 @@ class Reconciler:
 
 
 async def run_until(
-    reconciler: Reconciler, stop: asyncio.Event, *, keep_collectors: bool = False
+    reconciler: Reconciler,
+    stop: asyncio.Event,
+    *,
+    keep_collectors: Callable[[], bool] = lambda: False,
 ) -> None:
     """Run the loop until ``stop`` is set, then stop every collector concurrently."""
     task = asyncio.create_task(reconciler.run(), name="reconcile loop")
@@ -499,7 +502,8 @@ async def run_until(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        if not keep_collectors:
+        # Asked at the end, not the start: a reload may have changed on_exit.
+        if not keep_collectors():
             try:
                 await reconciler.manager.shutdown_all()
             except ProcessManagerError as exc:

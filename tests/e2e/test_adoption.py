@@ -110,3 +110,16 @@ def test_stale_record_starts_a_fresh_process(tmp_path: Path, daemons: list[Daemo
     [new] = wait_for(lambda: second.collectors(), message="restarted")
     assert new != old
     assert "a: not adopted" in second.stderr
+
+
+def test_on_exit_changed_by_reload_applies_at_exit(tmp_path: Path, daemons: list[Daemon]) -> None:
+    config = tmp_path / "reconciler.toml"
+    config.write_text('[reconciler]\non_exit = "stop"\n')
+    daemon = _start(tmp_path, daemons, "--config", str(config))
+    (daemon.specs / "a.toml").write_text(spec(daemon.mark))
+    [pid] = wait_for(lambda: daemon.collectors(), message="running")
+    config.write_text('[reconciler]\non_exit = "keep"\n')
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reloaded" in daemon.stderr, message="reloaded")
+    assert daemon.stop() == 0
+    assert daemon.collectors() == [pid], "the reloaded on_exit = keep must apply"

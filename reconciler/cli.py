@@ -43,6 +43,7 @@ from reconciler.spec import (
     SPEC_SUFFIX,
     is_ignored_filename,
     json_schema,
+    parse_manager_config,
     parse_spec,
     starter_spec,
 )
@@ -73,9 +74,17 @@ class Subcommand:
 def _validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "paths",
-        nargs="+",
+        nargs="*",
         metavar="PATH",
         help=f"a spec file, or a directory: every *{SPEC_SUFFIX} file directly in it",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="also check a manager config file (reconciler run --config); repeatable",
     )
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="print only problems, not an ok line per file"
@@ -84,8 +93,11 @@ def _validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check spec files as the reconciler would load them; list every problem of every file."""
+    if not args.paths and not args.config:
+        print("reconciler validate: give PATH... and/or --config FILE", file=sys.stderr)
+        return EXIT_USAGE
     checked = failed = problem_count = 0
-    for display, problems in _check_paths(args.paths):
+    for display, problems in [*_check_paths(args.paths), *map(_check_config, args.config)]:
         checked += 1
         if problems:
             failed += 1
@@ -102,6 +114,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _check_config(path: Path) -> tuple[str, list[str]]:
+    try:
+        parse_manager_config(path.read_bytes(), filename=str(path))
+    except OSError as exc:
+        return str(path), [f"{path}: cannot read: {exc.strerror}"]
+    except InvalidSpec as exc:
+        return str(path), list(exc.problems)
+    return str(path), []
 
 
 def _check_paths(paths: list[str]) -> Iterator[tuple[str, list[str]]]:
@@ -617,6 +639,17 @@ def _operator_action(verb: str, past: str) -> Callable[[argparse.Namespace], int
     return command
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Reload the daemon's config file (as SIGHUP does) and rescan the specs, reporting errors."""
+
+    async def talk(client: _Client) -> int:
+        await client.call("POST", "/reload")
+        print("reloaded")
+        return EXIT_OK
+
+    return _client_command(args, talk)
+
+
 cmd_restart = _operator_action("restart", "restarted")
 cmd_pause = _operator_action("pause", "paused")
 cmd_resume = _operator_action("resume", "resumed")
@@ -847,6 +880,12 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         help="resume a paused collector",
         add_arguments=_action_arguments,
         run=cmd_resume,
+    ),
+    Subcommand(
+        name="reload",
+        help="reload the config file and rescan the specs now; exit 1 naming a refused key",
+        add_arguments=_socket_argument,
+        run=cmd_reload,
     ),
     Subcommand(
         name="events",

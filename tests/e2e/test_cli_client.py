@@ -385,3 +385,22 @@ def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     result = run_cli(*args)
     assert result.returncode == 2, result
     assert "usage: reconciler" in result.stderr
+
+
+def test_reload_answers_and_the_new_spec_is_seen(daemon: Daemon) -> None:
+    wait_for(lambda: daemon.cli("status").returncode == 0, message="daemon up")
+    daemon.spec("late")
+    result = daemon.cli("reload")
+    assert result.returncode == 0 and result.stdout == "reloaded\n", result.stderr
+    assert "late" in daemon.collectors(), "reload must have read the new spec file"
+
+
+def test_validate_checks_manager_configs(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text("[process_manager]\nenable_auto_restart = false\n")
+    bad.write_text('[reconciler]\non_exit = "sometimes"\n')
+    result = run_cli("validate", "--config", str(good), "--config", str(bad))
+    assert result.returncode == 1
+    assert result.stdout == f"ok {good}\n"
+    assert f'{bad}: reconciler.on_exit: must be one of "stop" or "keep"' in result.stderr
+    assert run_cli("validate").returncode == 2

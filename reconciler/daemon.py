@@ -27,6 +27,7 @@ from reconciler.api import ApiServer
 from reconciler.errors import InvalidSpec, ProcessNotFound, ReconcilerError
 from reconciler.loop import Applied, Reconciler, resolve_spec_paths, run_until
 from reconciler.metrics import MetricsServer
+from reconciler.notify import sd_notify
 from reconciler.process import CollectorProcessManager, ManagerEvent
 from reconciler.source import SpecSource
 from reconciler.spec.load import parse_manager_config
@@ -152,11 +153,14 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; what needs a restart is said in the log."""
+        sd_notify("RELOADING=1")
         try:
             self.reload_or_raise()
         except InvalidSpec as exc:
             for problem in exc.problems:
                 log.error("config reload refused, keeping the running config: %s", problem)
+        finally:
+            sd_notify("READY=1")
 
     def reload_or_raise(self) -> None:
         """Re-read the config file; ``InvalidSpec`` (config kept) if it is not valid.
@@ -284,9 +288,11 @@ class Daemon:
             self.source.specs_dir,
             self.state_dir,
         )
+        notifier = asyncio.create_task(self._notify_when_ready())
         try:
             await run_until(self.reconciler, self.stop_requested, keep_collectors=self._keeps)
         finally:
+            notifier.cancel()
             if self._save_handle is not None:
                 self._save_handle.cancel()
             self._save_state()
@@ -319,7 +325,12 @@ class Daemon:
     def _keeps(self) -> bool:
         return self.config.reconciler.on_exit == "keep"
 
+    async def _notify_when_ready(self) -> None:
+        await self.reconciler.ready.wait()
+        sd_notify("READY=1", f"STATUS=reconciling {len(self.reconciler.snapshot.specs)} specs")
+
     def _request_stop(self, name: str) -> None:
+        sd_notify("STOPPING=1")
         log.info("%s received: stopping", name)
         self.stop_requested.set()
 

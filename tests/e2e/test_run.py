@@ -138,3 +138,28 @@ def test_bad_config_file_exits_1_naming_the_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "reconciler.on_exit" in result.stderr and "reconciler.toml" in result.stderr
+
+
+def test_systemd_is_told_ready_reloading_and_stopping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(20)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    running = Daemon(tmp_path)
+    try:
+        assert b"READY=1" in listener.recv(4096).split(b"\n")
+        running.process.send_signal(signal.SIGHUP)
+        assert listener.recv(4096) == b"RELOADING=1"
+        assert listener.recv(4096) == b"READY=1"
+        assert running.stop() == 0
+        assert listener.recv(4096) == b"STOPPING=1"
+    finally:
+        listener.close()
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()

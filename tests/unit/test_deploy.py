@@ -196,7 +196,8 @@ def _unit() -> configparser.ConfigParser:
 
 def test_unit_runs_and_reloads_the_daemon() -> None:
     service = _unit()["Service"]
-    assert service["Type"] == "simple", "the daemon does not speak sd_notify"
+    assert service["Type"] == "notify", "the daemon reports READY=1 after its first reconcile"
+    assert service["NotifyAccess"] == "main", "only the daemon itself, never a collector"
     argv = shlex.split(service["ExecStart"])
     assert argv[0] == "/usr/local/bin/reconciler"
     _accepts(argv[1:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_run import Daemon, spec
-from tests.support import alive, wait_for
+from tests.support import RECONCILER, alive, kernel_state, wait_for
 
 
 @pytest.fixture
@@ -123,3 +124,38 @@ def test_on_exit_changed_by_reload_applies_at_exit(tmp_path: Path, daemons: list
     wait_for(lambda: "config reloaded" in daemon.stderr, message="reloaded")
     assert daemon.stop() == 0
     assert daemon.collectors() == [pid], "the reloaded on_exit = keep must apply"
+
+
+def _cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [RECONCILER, *args, "--socket", str(daemon.state / "api.sock")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_operator_pause_survives_a_reconciler_restart(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    first = _start(tmp_path, daemons)
+    path = first.specs / "a.toml"
+    path.write_text(spec(first.mark))
+    wait_for(lambda: first.collectors(), message="running")
+    paused = _cli(first, "pause", "a")
+    assert paused.returncode == 0, paused.stderr
+    assert first.stop() == 0  # on_exit = stop: the collector goes with it
+
+    second = _start(tmp_path, daemons, mark=first.mark)
+    [pid] = wait_for(lambda: second.collectors(), message="started again")
+    wait_for(lambda: kernel_state(pid) == "T", message="paused again by the saved override")
+    status = _cli(second, "status", "a")
+    assert "paused by operator" in status.stdout, status.stdout
+
+    # A change to the spec file ends the override.
+    path.write_text(spec(first.mark, "301"))
+    wait_for(
+        lambda: (pids := second.collectors()) and kernel_state(pids[0]) in ("S", "R"),
+        message="running again after the spec changed",
+    )

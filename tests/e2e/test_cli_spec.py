@@ -139,10 +139,10 @@ def test_validate_an_empty_directory_says_so(reconciler: str, specs: Path) -> No
     assert result.stderr == "specs: no *.toml spec files here\n"
 
 
-def test_validate_needs_a_path(reconciler: str) -> None:
+def test_validate_needs_a_path_or_a_config(reconciler: str) -> None:
     result = run(reconciler, "validate")
     assert result.returncode == 2
-    assert "the following arguments are required: PATH" in result.stderr
+    assert result.stderr == "reconciler validate: give PATH... and/or --config FILE\n"
 
 
 # --- schema ------------------------------------------------------------------------

@@ -134,6 +134,7 @@ class Daemon:
             log_dir=self.log_dir,
             child_subreaper=True,
             cgroup_name=f"reconciler-{tree}",
+            cgroup_delegated=True,
         )
         self.source = SpecSource(settings.specs_dir.resolve())
         self.reconciler = Reconciler(

@@ -20,7 +20,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_CONTROLLERS = ("memory", "pids", "cpu")
+CONTROLLERS = ("memory", "pids", "cpu")
+"""What per-collector limits use: memory.max, pids.max, cpu.max."""
+LEAF = "supervisor"
+"""Where a delegating daemon moves itself, so its own cgroup holds no process."""
 _counter = itertools.count(1)
 CPU_PERIOD_MICROSECONDS = 100_000
 
@@ -48,6 +51,37 @@ def _own_cgroup() -> str | None:
     return None
 
 
+def _delegate(own: Path, *, wanted: tuple[str, ...], is_root: bool) -> None:
+    """Enable ``wanted`` controllers for the children of our own cgroup, if it has them."""
+    try:
+        offered = set((own / "cgroup.controllers").read_text().split())
+        enabled = set((own / "cgroup.subtree_control").read_text().split())
+    except OSError:
+        return
+    missing = [c for c in wanted if c in offered and c not in enabled]
+    if not missing:
+        return
+    if not is_root:  # the root cgroup is exempt from "no internal processes"
+        leaf = own / LEAF
+        try:
+            leaf.mkdir(exist_ok=True)
+            (leaf / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError as exc:
+            log.warning("cannot move into %s (%s); limits fall back to rlimits", leaf, exc)
+            return
+    for controller in missing:
+        try:
+            (own / "cgroup.subtree_control").write_text(f"+{controller}")
+        except OSError as exc:
+            # EBUSY: another process shares our cgroup (not started as a service).
+            log.warning(
+                "cannot enable the %s controller in %s (%s); that limit falls back to rlimits",
+                controller,
+                own,
+                exc.strerror,
+            )
+
+
 @dataclass
 class CgroupTree:
     """The manager's own cgroup directory, under which each run gets a child."""
@@ -56,11 +90,23 @@ class CgroupTree:
     controllers: frozenset[str]
 
     @classmethod
-    def detect(cls, name: str | None = None) -> CgroupTree | None:
+    def detect(
+        cls,
+        name: str | None = None,
+        *,
+        controllers: tuple[str, ...] = CONTROLLERS,
+        move_self_to_leaf: bool = False,
+    ) -> CgroupTree | None:
         """Create (or reuse) this manager's cgroup directory; ``None`` where impossible.
 
         ``name`` makes the directory stable across reconciler restarts, so a new
         manager finds the cgroups of the runs it adopts, and stale ones.
+
+        ``move_self_to_leaf`` is for a daemon that owns its cgroup (systemd's
+        ``Delegate=yes``): cgroup v2 lets a cgroup hand controllers to its
+        children only while it holds no process itself, so the daemon first
+        moves into ``<own>/supervisor``, then enables the ``controllers`` its
+        cgroup was given. Without it, limits fall back to rlimits there.
         """
         mount, own = _unified_mount(), _own_cgroup()
         if mount is None or own is None:
@@ -75,14 +121,16 @@ class CgroupTree:
         if not (path / "cgroup.kill").exists():
             # Without cgroup.kill (Linux < 5.14) killing still works pid by pid.
             log.debug("cgroup.kill not available; killing cgroup members one by one")
+        if move_self_to_leaf:
+            _delegate(parent, wanted=controllers, is_root=own == "/")
         available = set((path / "cgroup.controllers").read_text().split())
         enabled: set[str] = set()
-        for name in _CONTROLLERS:
-            if name not in available:
+        for controller in controllers:
+            if controller not in available:
                 continue
             try:
-                (path / "cgroup.subtree_control").write_text(f"+{name}")
-                enabled.add(name)
+                (path / "cgroup.subtree_control").write_text(f"+{controller}")
+                enabled.add(controller)
             except OSError:
                 pass
         return cls(path=path, controllers=frozenset(enabled))

@@ -155,6 +155,9 @@ class CollectorProcessManager:
     that it did not start itself, so leave it off when embedding in a program
     that waits for children of its own. ``cgroups`` (default: where possible)
     gives each run a cgroup v2 for exact tracking and kill of its whole tree.
+    ``cgroup_delegated``: this process owns its cgroup (systemd ``Delegate=yes``)
+    and may move itself into a leaf so that memory, pids and cpu limits can be
+    enforced by cgroup; leave it off when embedding.
     """
 
     def __init__(
@@ -165,12 +168,14 @@ class CollectorProcessManager:
         child_subreaper: bool = False,
         cgroups: bool = True,
         cgroup_name: str | None = None,
+        cgroup_delegated: bool = False,
     ) -> None:
         self.config = config if config is not None else ProcessManagerConfig()
         self.log_dir = log_dir
         self._child_subreaper = child_subreaper
         self._want_cgroups = cgroups
         self._cgroup_name = cgroup_name
+        self._cgroup_delegated = cgroup_delegated
         self._cgroups: CgroupTree | None = None
         self._watcher: ExitWatcher | None = None
         self._collectors: dict[str, _Collector] = {}
@@ -189,7 +194,11 @@ class CollectorProcessManager:
             self._watcher = ExitWatcher(
                 asyncio.get_running_loop(), reap_orphans=self._child_subreaper
             )
-            self._cgroups = CgroupTree.detect(self._cgroup_name) if self._want_cgroups else None
+            self._cgroups = (
+                CgroupTree.detect(self._cgroup_name, move_self_to_leaf=self._cgroup_delegated)
+                if self._want_cgroups
+                else None
+            )
             self._spawner = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="spawn")
             log.debug(
                 "process tracking: %s",

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from reconciler import CollectorConfig, CollectorProcessManager, ManagerEvent, ProcessManagerConfig
+from reconciler.process.cgroup import _unified_mount
 from tests.support import MARK_ENV, SESSION_MARK, marked_pids
 
 
@@ -80,13 +81,35 @@ async def manager(
         assert not leaked, f"processes left behind by this test: {leaked}"
 
 
+def _cgroup_trees() -> set[Path]:
+    mount = _unified_mount()
+    if mount is None:
+        return set()
+    return {path for path in mount.glob("reconciler-*") if path.is_dir()}
+
+
+def _remove_tree(tree: Path) -> list[int]:
+    """Remove a cgroup tree a test left (a killed daemon's); return pids still in it."""
+    populated = []
+    for run in [*(p for p in tree.iterdir() if p.is_dir()), tree]:
+        populated += [int(pid) for pid in (run / "cgroup.procs").read_text().split()]
+        with contextlib.suppress(OSError):
+            run.rmdir()
+    return populated
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_process_left_behind() -> Iterator[None]:
+    trees_before = _cgroup_trees()
     yield
     leaked = _kill_marked()
     children = [p for p in _children() if p != os.getpid()]
+    # Daemons killed by tests (or keeping their collectors) leave their stable
+    # per-state-dir cgroup tree for a successor that never comes: remove it.
+    in_cgroups = [pid for tree in _cgroup_trees() - trees_before for pid in _remove_tree(tree)]
     assert not leaked, f"the test run left processes behind: {leaked}"
     assert not children, f"the test run left child processes behind: {children}"
+    assert not in_cgroups, f"the test run left processes in cgroups: {in_cgroups}"
 
 
 def _children() -> list[int]:

@@ -1,0 +1,256 @@
+"""The supervisors compared: one config for the same programs, the command, and "stop one".
+
+Used by ``bench/compare_bench.py``. supervisord and circus come from a throwaway venv that
+``tools_venv`` creates outside the project (pinned versions, never a project dependency); the
+reconciler is the ``reconciler`` command of the venv running the benchmark.
+
+The settings chosen for comparability (each tool's defaults otherwise):
+
+- restart on any exit, never give up: reconciler ``max_restarts = "unlimited"``; supervisord
+  ``autorestart = true`` and a huge ``startretries``; circus ``respawn = true``, ``max_retry = -1``.
+- output discarded: reconciler ``log = "null"``; circus ``close_child_stdout/stderr``;
+  supervisord ``stdout/stderr_logfile = NONE`` (it still reads a pipe per program: its design).
+- ``Policy.group_signals``: supervisord ``stopasgroup``/``killasgroup``, circus ``stop_children``.
+  The reconciler has no such switch: it always signals the whole group and kills its cgroup.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import tomli_w
+
+SUPERVISOR_VERSION = "4.3.0"
+CIRCUS_VERSION = "0.19.0"
+CTL_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """One supervised program; its argv is unique, which is how the benchmark recognises it."""
+
+    name: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    graceful_timeout_seconds: float
+    group_signals: bool
+
+
+class Tool(Protocol):
+    name: str
+
+    def write_config(self, workdir: Path, programs: Sequence[Program], policy: Policy) -> None: ...
+
+    def command(self, workdir: Path) -> list[str]: ...
+
+    def stop_program(self, workdir: Path, name: str) -> None:
+        """Stop one program the way an operator would, with the tool's own CLI."""
+        ...
+
+
+class Reconciler:
+    name = "reconciler"
+
+    def __init__(self, executable: Path) -> None:
+        self.executable = executable
+
+    def write_config(self, workdir: Path, programs: Sequence[Program], policy: Policy) -> None:
+        specs = workdir / "specs"
+        specs.mkdir()
+        for program in programs:
+            spec = {
+                "type": "bench",
+                "binary_path": program.argv[0],
+                "args": list(program.argv[1:]),
+                "log": "null",
+                "max_restarts": "unlimited",
+                "graceful_timeout_seconds": policy.graceful_timeout_seconds,
+            }
+            (specs / f"{program.name}.toml").write_text(tomli_w.dumps(spec))
+
+    def command(self, workdir: Path) -> list[str]:
+        return [
+            str(self.executable),
+            "run",
+            "--specs",
+            str(workdir / "specs"),
+            "--state-dir",
+            str(workdir / "state"),
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--socket",
+            str(workdir / "api.sock"),
+        ]
+
+    def stop_program(self, workdir: Path, name: str) -> None:
+        # Declarative: the operator's "stop" is removing the spec file.
+        (workdir / "specs" / f"{name}.toml").unlink()
+
+
+class Supervisord:
+    """supervisord; ``one_group`` puts every program in one ``[group:fleet]``.
+
+    supervisord shuts down one group after the other, and each ``[program:]`` is a group of its
+    own: the grouped variant shows what an operator can do about the serial stop.
+    """
+
+    name = "supervisord"
+
+    def __init__(self, venv: Path, *, one_group: bool = False) -> None:
+        self.venv = venv
+        self.one_group = one_group
+
+    def write_config(self, workdir: Path, programs: Sequence[Program], policy: Policy) -> None:
+        group = str(policy.group_signals).lower()
+        lines = [
+            "[unix_http_server]",
+            f"file = {workdir}/supervisor.sock",
+            "[supervisord]",
+            "nodaemon = true",
+            f"logfile = {workdir}/supervisord.log",
+            f"pidfile = {workdir}/supervisord.pid",
+            f"childlogdir = {workdir}",
+            # A pipe pair per program: 500 programs need more than the default 1024 fds.
+            "minfds = 8192",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            "[supervisorctl]",
+            f"serverurl = unix://{workdir}/supervisor.sock",
+        ]
+        for program in programs:
+            lines += [
+                f"[program:{program.name}]",
+                # supervisord splits with shlex and expands %(...)s: escape both.
+                f"command = {shlex.join(program.argv).replace('%', '%%')}",
+                "autorestart = true",
+                "startretries = 1000000",
+                f"stopwaitsecs = {policy.graceful_timeout_seconds:g}",
+                f"stopasgroup = {group}",
+                f"killasgroup = {group}",
+                "stdout_logfile = NONE",
+                "stderr_logfile = NONE",
+            ]
+        if self.one_group:
+            names = ",".join(program.name for program in programs)
+            lines += ["[group:fleet]", f"programs = {names}"]
+        (workdir / "supervisord.conf").write_text("\n".join(lines) + "\n")
+
+    def command(self, workdir: Path) -> list[str]:
+        return [
+            str(self.venv / "bin" / "supervisord"),
+            "-n",
+            "-c",
+            str(workdir / "supervisord.conf"),
+        ]
+
+    def stop_program(self, workdir: Path, name: str) -> None:
+        ctl = self.venv / "bin" / "supervisorctl"
+        conf = workdir / "supervisord.conf"
+        _run_ctl([str(ctl), "-c", str(conf), "stop", f"fleet:{name}" if self.one_group else name])
+
+
+class Circus:
+    name = "circus"
+
+    def __init__(self, venv: Path) -> None:
+        self.venv = venv
+
+    @staticmethod
+    def _endpoint(workdir: Path) -> str:
+        # ipc, not the default tcp://127.0.0.1:5555 that a concurrent run would collide on.
+        return f"ipc://{workdir}/circus-control.sock"
+
+    def write_config(self, workdir: Path, programs: Sequence[Program], policy: Policy) -> None:
+        lines = [
+            "[circus]",
+            f"endpoint = {self._endpoint(workdir)}",
+            f"pubsub_endpoint = ipc://{workdir}/circus-pubsub.sock",
+            # Setting stats_endpoint would start circusd-stats, an extra child: leave it unset.
+            "statsd = false",
+            "check_delay = 1",  # the default, stated: how often circus looks for dead processes
+        ]
+        for program in programs:
+            lines += [
+                f"[watcher:{program.name}]",
+                f"cmd = {program.argv[0]}",
+                f"args = {shlex.join(program.argv[1:])}",
+                "numprocesses = 1",
+                "respawn = true",
+                "max_retry = -1",
+                "copy_env = true",  # as the others pass PATH, which the sh programs need
+                f"graceful_timeout = {policy.graceful_timeout_seconds:g}",
+                f"stop_children = {str(policy.group_signals).lower()}",
+                "close_child_stdout = true",
+                "close_child_stderr = true",
+            ]
+        (workdir / "circus.ini").write_text("\n".join(lines) + "\n")
+
+    def command(self, workdir: Path) -> list[str]:
+        return [
+            str(self.venv / "bin" / "circusd"),
+            "--log-level",
+            "info",
+            str(workdir / "circus.ini"),
+        ]
+
+    def stop_program(self, workdir: Path, name: str) -> None:
+        ctl = self.venv / "bin" / "circusctl"
+        endpoint = self._endpoint(workdir)
+        timeout = str(CTL_TIMEOUT_SECONDS)
+        _run_ctl(
+            [str(ctl), "--endpoint", endpoint, "--timeout", timeout, "stop", name, "--waiting"]
+        )
+
+
+def _run_ctl(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=CTL_TIMEOUT_SECONDS)
+    if result.returncode != 0:
+        raise RuntimeError(f"{shlex.join(argv)} failed: {result.stdout}{result.stderr}")
+
+
+def tools_venv(path: Path) -> Path:
+    """Create (once, then reuse) a venv with supervisor and circus at pinned versions.
+
+    Separate from the project's venv on purpose: the tools compared against must never become
+    dependencies of the project, nor share its packages (circus pins its own psutil/tornado).
+    """
+    wanted = f"supervisor=={SUPERVISOR_VERSION}\ncircus=={CIRCUS_VERSION}\n"
+    marker = path / "bench-tools.txt"
+    if marker.exists() and marker.read_text() == wanted:
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    print(f"creating {path} with {' '.join(wanted.split())} ...", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=300)
+    pip = [str(path / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    subprocess.run([*pip, "install", *wanted.split()], check=True, timeout=900)
+    marker.write_text(wanted)
+    return path
+
+
+def versions(venv: Path) -> dict[str, str]:
+    """Versions of the tools (and what they run on) for the results file."""
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+    listed = subprocess.run(
+        [*pip, "list", "--format=json"], capture_output=True, text=True, check=True, timeout=120
+    )
+    installed = {entry["name"].lower(): entry["version"] for entry in json.loads(listed.stdout)}
+    found = {
+        "reconciler": importlib.metadata.version("reconciler"),
+        "psutil (reconciler venv)": importlib.metadata.version("psutil"),
+    }
+    for name in ("supervisor", "circus", "tornado", "pyzmq", "psutil"):
+        if name in installed:
+            found[name if name != "psutil" else "psutil (tools venv)"] = installed[name]
+    return found

@@ -57,6 +57,7 @@ from compare.tools import (
     tools_venv,
     versions,
 )
+from figures import percentile
 
 HERE = Path(__file__).resolve().parent
 RESULTS_PATH = HERE / "compare" / "RESULTS.md"
@@ -359,11 +360,6 @@ def measured(figures: Figures, tool: Tool, label: str, run, **kwargs) -> None:
 
 
 # --- report ---------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def spread(values: list[float], digits: int) -> str:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import psutil
+from figures import percentile
 
 from reconciler import CollectorProcessManager, CollectorState, ManagerEvent, ProcessManagerConfig
 from reconciler.loop import Reconciler
@@ -43,11 +44,6 @@ def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text)
     os.rename(temporary, path)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 async def apply_latency(specs: Path, edits: int) -> list[float]:

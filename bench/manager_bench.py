@@ -18,14 +18,9 @@ import threading
 import time
 
 import psutil
+from figures import percentile
 
 from reconciler import CollectorConfig, CollectorProcessManager, ManagerEvent, ProcessManagerConfig
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))
-    return ordered[index]
 
 
 async def run(collectors: int, idle_seconds: float, crashes: int) -> None:
@@ -92,7 +87,7 @@ async def run(collectors: int, idle_seconds: float, crashes: int) -> None:
     print(f"manager CPU idle ({idle_seconds:.0f} s), % core: {idle_cpu:.2f}")
     print(
         f"crash-to-restart ms ({crashes}):    median {statistics.median(latencies):.2f}, "
-        f"p99 {_percentile(latencies, 0.99):.2f}, max {max(latencies):.2f}"
+        f"p99 {percentile(latencies, 0.99):.2f}, max {max(latencies):.2f}"
     )
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from figures import percentile
 from prometheus_client import generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
@@ -68,11 +69,6 @@ for _ in range(count):
     time.sleep(max(0.0, next_at - time.monotonic()))
 print(json.dumps({"durations": durations, "bytes": size}))
 """
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def _ms(seconds: float) -> str:
@@ -198,9 +194,9 @@ async def run(
         durations = result["durations"]
         print(
             f"GET /metrics x{scrapes} back to back ({result['bytes'] / 1e3:.0f} kB gzipped): "
-            f"median {_ms(statistics.median(durations))}, p99 {_ms(_percentile(durations, 0.99))}"
+            f"median {_ms(statistics.median(durations))}, p99 {_ms(percentile(durations, 0.99))}"
             f"; in the event loop: median {_ms(statistics.median(in_loop))}, "
-            f"p99 {_ms(_percentile(in_loop, 0.99))}"
+            f"p99 {_ms(percentile(in_loop, 0.99))}"
         )
 
         cpu0, wall0 = _cpu_seconds(me), time.perf_counter()

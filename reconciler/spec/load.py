@@ -193,7 +193,11 @@ def _toml_error(message: str, text: str) -> str:
     word = _BARE_WORD.match(rest)
     if reason == "invalid value" and word:
         # The likeliest cause: a string written without quotes (type = procmond).
-        reason += f" (a string needs double quotes: {_show(word[0])})"
+        # Never echo what may be a secret (env = { TOKEN = s3cret }).
+        if _secret_line(text.splitlines(), line - 1):
+            reason += " (a string needs double quotes)"
+        else:
+            reason += f" (a string needs double quotes: {_show(word[0])})"
     return f"line {line}, column {column}: invalid TOML: {reason}"
 
 
@@ -291,7 +295,8 @@ def _describe_errors(
         date_loc = next((loc for loc in dates if site.loc[: len(loc)] == loc), None)
         if date_loc is not None and not (site.schema is None and site.loc == date_loc):
             site = _locate(root, date_loc)
-            reason = f"must be {_words(site.schema, bounds=True)} (got {_show(dates[date_loc])})"
+            shown = _show_at(site.loc, dates[date_loc])
+            reason = f"must be {_words(site.schema, bounds=True)} (got {shown})"
         else:
             reason = _reason(error, site=site, root=root)
         key = _key_text(site.loc)
@@ -309,10 +314,12 @@ def _reason(error: Any, *, site: _Site, root: dict[str, Any]) -> str:
         return str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     value = error["input"]
     bounds = site.union or kind in _CONSTRAINT_ERRORS
-    reason = f"must be {_words(site.schema, bounds=bounds)} (got {_show(value)}"
+    reason = f"must be {_words(site.schema, bounds=bounds)} (got {_show_at(site.loc, value)}"
     if site.schema.get("type") == "object" and _is_array_of_tables(value):
         header = _key_text(site.loc)
         return f"{reason}; write [{header}], not [[{header}]])"
+    if _is_secret(site.loc):
+        return reason + ")"
     return reason + _did_you_mean(value, site.schema) + ")"
 
 
@@ -427,6 +434,41 @@ def _bounds_words(schema: dict[str, Any]) -> str:
         if keyword in schema
     ]
     return (" " + " and ".join(words)) if words else ""
+
+
+SECRET_LOCATIONS = (("env",), ("health_check", "http"))
+"""Where a spec holds secrets (tokens in env, credentials in a probe URL): a
+problem there names the kind of value it got, never the value, because
+problems reach logs, ``reconciler status`` and the control API."""
+
+
+def _is_secret(loc: Sequence[str | int]) -> bool:
+    return any(tuple(loc[: len(prefix)]) == prefix for prefix in SECRET_LOCATIONS)
+
+
+def _show_at(loc: Sequence[str | int], value: Any) -> str:
+    if not _is_secret(loc):
+        return _show(value)
+    if isinstance(value, bool):
+        return "a boolean, value not shown"
+    kinds = ((int, "a number"), (float, "a number"), (str, "a string"), (dict, "a table"))
+    kind = next((name for cls, name in kinds if isinstance(value, cls)), "an array or date")
+    return f"{kind}, value not shown"
+
+
+_TABLE_HEADER = re.compile(r"\s*\[+\s*([^\]]+?)\s*\]")
+_KEY = re.compile(r"\s*([A-Za-z0-9_.\"' -]+?)\s*=")
+
+
+def _secret_line(lines: list[str], index: int) -> bool:
+    """Whether line ``index`` sets a value in a secret location (see ``SECRET_LOCATIONS``)."""
+    table = next(
+        (m[1] for line in reversed(lines[:index]) if (m := _TABLE_HEADER.match(line))), ""
+    )
+    key_match = _KEY.match(lines[index]) if index < len(lines) else None
+    key = key_match[1].replace('"', "").replace("'", "") if key_match else ""
+    path = tuple(part.strip() for part in f"{table}.{key}".strip(".").split("."))
+    return _is_secret(path) or lines[index].lstrip().startswith("env")
 
 
 def _show(value: Any) -> str:

@@ -404,3 +404,24 @@ def test_validate_checks_manager_configs(tmp_path: Path) -> None:
     assert result.stdout == f"ok {good}\n"
     assert f'{bad}: reconciler.on_exit: must be one of "stop" or "keep"' in result.stderr
     assert run_cli("validate").returncode == 2
+
+
+def test_env_values_never_reach_logs_status_or_events(daemon: Daemon) -> None:
+    daemon.spec("web")
+    wait_for(lambda: daemon.collectors().get("web", {}).get("state") == "running", message="up")
+    # A broken edit whose error would name the value, were values ever shown.
+    (daemon.specs / "web.toml").write_text(
+        'type = "sleeper"\nbinary_path = "/bin/sleep"\nargs = ["300"]\n'
+        f'env = {{ TOKEN = "{SECRET}", NUMBER = 271828 }}\n'
+    )
+    wait_for(lambda: daemon.collectors()["web"].get("spec_error"), message="error seen")
+    outputs = [
+        daemon.cli("status").stdout,
+        daemon.cli("status", "web").stdout,
+        daemon.cli("status", "--json").stdout,
+        daemon.cli("events").stdout,
+        daemon.stderr_path.read_text(),
+    ]
+    assert "env.NUMBER: must be a string (got a number, value not shown)" in outputs[-1]
+    for output in outputs:
+        assert SECRET not in output and "271828" not in output

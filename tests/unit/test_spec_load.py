@@ -193,8 +193,8 @@ PROBLEMS = [
     ),
     pytest.param(
         'env = { A = 1, "MY.VAR" = true }',
-        "web.toml: env.A: must be a string (got 1)\n"
-        'web.toml: env."MY.VAR": must be a string (got true)',
+        "web.toml: env.A: must be a string (got a number, value not shown)\n"
+        'web.toml: env."MY.VAR": must be a string (got a boolean, value not shown)',
         id="env-values-quoted-keys",
     ),
     pytest.param(
@@ -252,7 +252,8 @@ PROBLEMS = [
     ),
     pytest.param(
         '[health_check]\nhttp = "ftp://example.com"',
-        'web.toml: health_check.http: must be an http:// or https:// URL (got "ftp://example.com")',
+        "web.toml: health_check.http: must be an http:// or https:// URL "
+        "(got a string, value not shown)",
         id="http-scheme",
     ),
     pytest.param(
@@ -887,3 +888,41 @@ def test_the_schema_with_the_jsonschema_package() -> None:
     validator = jsonschema.Draft202012Validator(schema)
     assert validator.is_valid({"type": "web", "args": ["-v"], "max_restarts": "unlimited"})
     assert not validator.is_valid({"type": "web", "argz": []})
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        pytest.param(
+            'type = "a"\nenv = { TOKEN = 123456 }',
+            "a.toml: env.TOKEN: must be a string (got a number, value not shown)",
+            id="env-value-wrong-type",
+        ),
+        pytest.param(
+            'type = "a"\nenv = "TOKEN=s3cret"',
+            "a.toml: env: must be a table of strings (got a string, value not shown)",
+            id="env-not-a-table",
+        ),
+        pytest.param(
+            'type = "a"\n[health_check]\nhttp = "ftp://user:s3cret@host/"',
+            "a.toml: health_check.http: must be an http:// or https:// URL "
+            "(got a string, value not shown)",
+            id="probe-url-with-credentials",
+        ),
+        pytest.param(
+            'type = "a"\nenv = { TOKEN = s3cret }',
+            "a.toml: line 2, column 17: invalid TOML: invalid value (a string needs double quotes)",
+            id="unquoted-env-value-inline",
+        ),
+        pytest.param(
+            'type = "a"\n[env]\nTOKEN = s3cret',
+            "a.toml: line 3, column 9: invalid TOML: invalid value (a string needs double quotes)",
+            id="unquoted-env-value-in-table",
+        ),
+    ],
+)
+def test_secrets_are_never_echoed(document: str, expected: str) -> None:
+    with pytest.raises(InvalidSpec) as exc:
+        parse_spec(document.encode(), filename="a.toml", collector_id="a")
+    assert exc.value.problems == [expected]
+    assert "s3cret" not in exc.value.message and "123456" not in exc.value.message

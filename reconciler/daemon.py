@@ -39,7 +39,17 @@ log = logging.getLogger("reconciler")
 STATE_SAVE_DELAY_SECONDS = 0.05
 """Coalesces bursts of changes into one write of the state file."""
 STATE_CHANGING_EVENTS = frozenset(
-    {"started", "stopped", "adopted", "failed", "exited", "paused", "resumed", "backoff"}
+    {
+        "started",
+        "stopped",
+        "adopted",
+        "failed",
+        "spawn_failed",
+        "exited",
+        "paused",
+        "resumed",
+        "backoff",
+    }
 )
 
 
@@ -109,9 +119,7 @@ def load_config(options: RunOptions) -> ManagerConfigFile:
     }
     updates = {key: value for key, value in flags.items() if value is not None}
     if updates:
-        settings = ReconcilerSettings.model_validate(
-            {**config.reconciler.model_dump(), **updates}
-        )
+        settings = ReconcilerSettings.model_validate({**config.reconciler.model_dump(), **updates})
         config = config.model_copy(update={"reconciler": settings})
     return config
 

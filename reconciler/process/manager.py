@@ -280,7 +280,18 @@ class CollectorProcessManager:
             collector.config = config
             collector.consecutive_restarts = 0
             collector.desired = DesiredState.RUNNING
-            return await self._spawn(collector, reason="start requested")
+            try:
+                return await self._spawn(collector, reason="start requested")
+            except SpawnFailed as exc:
+                # As supervisord's BACKOFF -> FATAL: a binary not yet deployed is
+                # retried under the restart policy; the caller still hears of it.
+                await self._after_unexpected_end(
+                    collector,
+                    run_seconds=0.0,
+                    description=f"failed to start: {exc.message}",
+                    clean=False,
+                )
+                raise
 
     async def stop_collector(
         self, collector_id: str, graceful: bool = True, timeout: float | None = None
@@ -595,7 +606,11 @@ class CollectorProcessManager:
     # -- spawning -------------------------------------------------------------
 
     async def _spawn(self, collector: _Collector, *, reason: str, automatic: bool = False) -> int:
-        """Start the collector's process (lock held); ``failed`` on error."""
+        """Start the collector's process (lock held); ``failed`` on error.
+
+        The caller applies the restart policy to a failure, which may turn
+        ``failed`` into ``backoff``.
+        """
         collector.state = CollectorState.STARTING
         self._cancel_backoff(collector)
         try:
@@ -603,7 +618,7 @@ class CollectorProcessManager:
         except SpawnFailed as exc:
             collector.state = CollectorState.FAILED
             collector.last_error = exc.message
-            self._emit(collector, "failed", f"failed to start: {exc.message}")
+            self._emit(collector, "spawn_failed", f"failed to start: {exc.message}")
             raise
         collector.run = run
         collector.state = CollectorState.RUNNING
@@ -747,13 +762,20 @@ class CollectorProcessManager:
             collector.last_error = description
             self._emit(collector, "exited", description)
             await self._after_unexpected_end(
-                collector, run_seconds=now() - run.started_at, description=description
+                collector,
+                run_seconds=now() - run.started_at,
+                description=description,
+                clean=returncode == 0,
             )
 
     async def _after_unexpected_end(
-        self, collector: _Collector, *, run_seconds: float, description: str
+        self, collector: _Collector, *, run_seconds: float, description: str, clean: bool
     ) -> None:
-        """Apply the restart policy after an exit nobody asked for (lock held)."""
+        """Apply the restart policy after an exit nobody asked for (lock held).
+
+        ``clean``: the process exited 0, so without auto-restart it is ``stopped``,
+        not ``failed``.
+        """
         while True:
             decision = decide_restart(
                 RestartPolicy.resolve(collector.config, self.config),
@@ -763,7 +785,6 @@ class CollectorProcessManager:
                 jitter_key=collector.collector_id,
             )
             if isinstance(decision, NoRestart):
-                clean = collector.last_exit_code == 0
                 collector.state = CollectorState.STOPPED if clean else CollectorState.FAILED
                 self._emit(collector, "stopped" if clean else "failed", decision.reason)
                 return
@@ -785,6 +806,7 @@ class CollectorProcessManager:
             except SpawnFailed as exc:
                 # A binary mid-deploy is a crash of zero length: retry with backoff.
                 run_seconds, description = 0.0, f"failed to start: {exc.message}"
+                clean = False
 
     def _enter_backoff(self, collector: _Collector, delay_seconds: float) -> None:
         collector.state = CollectorState.BACKOFF
@@ -812,7 +834,10 @@ class CollectorProcessManager:
                 await self._spawn(collector, reason="restarted after backoff", automatic=True)
             except SpawnFailed as exc:
                 await self._after_unexpected_end(
-                    collector, run_seconds=0.0, description=f"failed to start: {exc.message}"
+                    collector,
+                    run_seconds=0.0,
+                    description=f"failed to start: {exc.message}",
+                    clean=False,
                 )
 
     def _cancel_backoff(self, collector: _Collector) -> None:
@@ -1048,7 +1073,7 @@ class CollectorProcessManager:
             self._emit(collector, "unhealthy", f"{description}; restarting")
             await self._stop_locked(collector, graceful=True, timeout=None)
             await self._after_unexpected_end(
-                collector, run_seconds=now() - run.started_at, description=description
+                collector, run_seconds=now() - run.started_at, description=description, clean=False
             )
 
     def _health(self, collector: _Collector) -> HealthStatus:

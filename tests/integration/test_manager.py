@@ -221,10 +221,45 @@ async def test_invalid_binary_fails_that_collector_only(
         await manager.start_collector("bad", "x", collector(binary))
     assert exc.value.code == "SPAWN_FAILED"
     assert reason in exc.value.message and binary.lstrip("/").split("/")[-1] in exc.value.message
+    # Retried under the restart policy (initial 0.2 s, max_restarts 3), then failed.
+    await eventually(lambda: manager.status("bad").state == CollectorState.FAILED, timeout=10)
     status = manager.status("bad")
-    assert status.state == CollectorState.FAILED and reason in (status.last_error or "")
+    assert reason in (status.last_error or "") and "max_restarts = 3" in (status.last_error or "")
+    assert status.restart_count == 3 and status.pid is None
     assert await manager.check_collector_health("bad") == HealthStatus.UNHEALTHY
     assert manager.status("ok").pid == other and alive(other)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"max_restarts": 0}, id="max-restarts-0"),
+        pytest.param({"auto_restart": False}, id="auto-restart-off"),
+    ],
+)
+async def test_a_failed_first_start_without_retries_fails_at_once(
+    manager: CollectorProcessManager, overrides
+) -> None:
+    with pytest.raises(SpawnFailed):
+        await manager.start_collector("bad", "x", collector("/nonexistent/bin", **overrides))
+    status = manager.status("bad")
+    assert status.state == CollectorState.FAILED and status.restart_count == 0
+
+
+async def test_a_binary_deployed_after_its_spec_starts_on_a_retry(
+    manager: CollectorProcessManager, tmp_path
+) -> None:
+    """An Ansible play that pushes the spec before the package lands."""
+    binary = tmp_path / "late-collector"
+    with pytest.raises(SpawnFailed, match="not found"):
+        await manager.start_collector(
+            "late", "x", collector(str(binary), "300", restart_backoff_initial_seconds=0.5)
+        )
+    assert manager.status("late").state == CollectorState.BACKOFF
+    assert manager.status("late").health == HealthStatus.DEGRADED
+    os.symlink("/bin/sleep", binary)
+    await eventually(lambda: manager.status("late").state == CollectorState.RUNNING, timeout=10)
+    assert alive(manager.status("late").pid or 0)
 
 
 async def test_binary_resolution_uses_the_configured_binaries(

@@ -140,7 +140,6 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._busy: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
-        self._last_alive = time.monotonic()
         self._desired: dict[str, Desired] = {}
         self._desired_for: SpecSnapshot | None = None
         manager.add_listener(self._on_manager_event)
@@ -158,10 +157,6 @@ class Reconciler:
     def record(self, collector_id: str, kind: str, message: str) -> None:
         self.events.append(Event(time.time(), collector_id, kind, message))
 
-    @property
-    def seconds_since_last_pass(self) -> float:
-        return time.monotonic() - self._last_alive
-
     # -- the loop ---------------------------------------------------------------
 
     async def run(self) -> None:
@@ -176,7 +171,6 @@ class Reconciler:
                 started = time.perf_counter()
                 self._pass()
                 self.last_pass_duration_seconds = time.perf_counter() - started
-                self._last_alive = time.monotonic()
                 self.passes += 1
                 for listener in self.pass_listeners:
                     listener(self.last_pass_duration_seconds)

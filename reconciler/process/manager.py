@@ -49,6 +49,7 @@ from reconciler.process.health import run_probe
 from reconciler.spec.models import CollectorConfig, ProcessManagerConfig, ResourceLimits
 from reconciler.state import (
     PROCESS_STATES,
+    TRANSITIONAL_STATES,
     CollectorState,
     CollectorStatus,
     DesiredState,
@@ -123,7 +124,6 @@ class _Run:
     probe_task: asyncio.Task[None] | None = None
     probe_failures: int = 0
     probe_passed: bool | None = None
-    cpu_seconds_base: float = 0.0
 
 
 @dataclass
@@ -1083,7 +1083,7 @@ class CollectorProcessManager:
             return HealthStatus.UNHEALTHY
         if run is not None and check is not None and run.probe_failures >= check.failure_threshold:
             return HealthStatus.UNHEALTHY
-        if state in (CollectorState.STARTING, CollectorState.STOPPING, CollectorState.BACKOFF):
+        if state in TRANSITIONAL_STATES:
             return HealthStatus.DEGRADED
         if state.value != collector.desired.value:
             return HealthStatus.DEGRADED

@@ -262,13 +262,11 @@ class Daemon:
                     start_ticks=record.start_ticks,
                     started_wall=record.started_wall,
                     cgroup_path=Path(record.cgroup_path) if record.cgroup_path else None,
+                    applied=Applied(spec, record.spec_hash, record.process_hash),
                 )
             except ProcessNotFound as exc:
                 log.info("%s: not adopted: %s", collector_id, exc.message)
                 continue
-            self.reconciler.applied[collector_id] = Applied(
-                spec, record.spec_hash, record.process_hash
-            )
         killed = await self.manager.sweep_stale_cgroups()
         if killed:
             log.info("killed %d processes left by collectors that died unwatched", len(killed))

@@ -1,14 +1,15 @@
-"""The reconcile loop: triggers -> snapshot -> plan -> execute, per collector serialised.
+"""The reconcile loop: spec snapshots in, the one controller runs plan -> execute.
 
-Level-triggered (STYLE §1): a spec snapshot, a process exit, a manager event,
-a timer or an operator action only *wakes* the loop; each pass re-reads the
-whole desired state (the spec source's last-known-good snapshot plus operator
-overrides) and the whole observed state (the process manager), asks the pure
-planner what to do, and runs each action in a task of its own. One collector
-has at most one action in flight — its next pass waits until that ends — and
-different collectors proceed concurrently, so one slow graceful stop never
-delays another collector's start. Bursts coalesce: a collector busy with an
-action is re-planned from the newest snapshot once it is free.
+Level-triggered (STYLE §1): a spec snapshot, a process exit, a probe result,
+a timer or an operator action only *wakes* the controller; each pass re-reads
+the whole desired state (the spec source's last-known-good snapshot plus
+operator overrides) and the whole observed state (the executor's records),
+asks the pure planner what to do — spec changes, crash restarts, backoff,
+``failed``, probe restarts alike — and carries it out (stops before starts;
+one action in flight per collector; collectors concurrently). This module
+supplies the desired state, follows the spec directory, rotates logs and
+answers for views and operator actions; ``reconciler.process.controller``
+runs the passes.
 
 Called by ``reconciler run`` (``reconciler.daemon``); the metrics exporter and
 the control API read its state.
@@ -22,40 +23,32 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.errors import ProcessManagerError, ProcessNotFound, ReconcilerError
-from reconciler.plan.planner import (
-    Action,
-    Desired,
-    Forget,
-    Observed,
-    Override,
-    Pause,
-    Restart,
-    Resume,
-    Start,
-    Stop,
-    Update,
-    converged,
-    plan,
-)
-from reconciler.process import CollectorProcessManager, ManagerEvent
+from reconciler.errors import ProcessManagerError, ProcessNotFound
+from reconciler.plan.actions import Action, describe, kind
+from reconciler.plan.planner import Desired, Observed, Override, converged, plan
+from reconciler.process import Applied, CollectorProcessManager, ManagerEvent
 from reconciler.process.logs import rotate_all
 from reconciler.source import SpecSnapshot, SpecSource
 from reconciler.spec.models import CollectorConfig, CollectorSpec
 from reconciler.state import CollectorState, CollectorStatus, DesiredState
 
+__all__ = [
+    "Applied",
+    "CollectorView",
+    "Event",
+    "Reconciler",
+    "resolve_spec_paths",
+    "run_until",
+]
+
 log = logging.getLogger(__name__)
 
 EVENTS_KEPT = 1000
 LOG_ROTATION_INTERVAL_SECONDS = 10.0
-PASS_SPACING_FACTOR = 3.0
-"""After a pass that took d seconds, the next starts no sooner than 3·d later: a
-pass is O(collectors), and a thousand start completions would otherwise each
-buy one, starving the starts themselves. Small fleets see no delay (d ~ 0.1 ms)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +59,6 @@ class Event:
     collector_id: str
     kind: str
     message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    spec: CollectorSpec
-    spec_hash: str
-    process_hash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +92,14 @@ def resolve_spec_paths(spec: CollectorSpec, specs_dir: Path) -> CollectorConfig:
     return config
 
 
+def desired_from(snapshot: SpecSnapshot) -> dict[str, Desired]:
+    """The desired state a spec snapshot describes."""
+    return {
+        collector_id: Desired(loaded.spec, loaded.spec_hash, loaded.process_hash)
+        for collector_id, loaded in snapshot.specs.items()
+    }
+
+
 class Reconciler:
     """Keeps the manager's processes equal to the spec directory."""
 
@@ -122,6 +116,7 @@ class Reconciler:
     ) -> None:
         self.source = source
         self.manager = manager
+        self.controller = manager.controller
         self.log_dir = log_dir
         self.log_max_bytes = log_max_bytes
         self.log_backups = log_backups
@@ -129,30 +124,57 @@ class Reconciler:
         self._on_overrides_changed = on_overrides_changed
         self.snapshot: SpecSnapshot = source.snapshot
         self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
-        self.applied: dict[str, Applied] = {}
         self.ready = asyncio.Event()
         self.alive = False
         """True while ``run()`` is reconciling (``/healthz``)."""
-        self.passes = 0
-        self.last_pass_duration_seconds = 0.0
-        self.pass_listeners: list[Callable[[float], None]] = []
-        self.action_listeners: list[Callable[[str, str], None]] = []
-        self._wake = asyncio.Event()
-        self._busy: dict[str, asyncio.Task[None]] = {}
-        self._stopping = False
         self._desired: dict[str, Desired] = {}
         self._desired_for: SpecSnapshot | None = None
+        specs_dir = source.specs_dir
+        manager.executor.configure = lambda _id, spec: resolve_spec_paths(spec, specs_dir)
+        self.controller.drive(desired=self.desired, overrides=self._current_overrides)
+        self.controller.begin_listeners.append(self._on_action_begin)
         manager.add_listener(self._on_manager_event)
+
+    # -- what the controller exposes ----------------------------------------------
+
+    @property
+    def passes(self) -> int:
+        return self.controller.passes
+
+    @property
+    def last_pass_duration_seconds(self) -> float:
+        return self.controller.last_pass_duration_seconds
+
+    @property
+    def pass_listeners(self) -> list[Callable[[float], None]]:
+        return self.controller.pass_listeners
+
+    @property
+    def action_listeners(self) -> list[Callable[[str, str], None]]:
+        return self.controller.action_listeners
+
+    @property
+    def applied(self) -> dict[str, Applied]:
+        """The spec each collector's process was last started or updated with."""
+        return {
+            cid: record.applied
+            for cid, record in self.manager.executor.records.items()
+            if record.applied is not None
+        }
 
     # -- triggers ---------------------------------------------------------------
 
     def wake(self) -> None:
         """Something may differ: look again."""
-        self._wake.set()
+        self.controller.wake()
 
     def _on_manager_event(self, event: ManagerEvent) -> None:
         self.events.append(Event(event.wall_time, event.collector_id, event.kind, event.message))
-        self.wake()
+
+    def _on_action_begin(self, action: Action) -> None:
+        name = kind(action)
+        log.info("%s: %s (%s)", action.collector_id, name, action.reason)
+        self.record(action.collector_id, name, action.reason)
 
     def record(self, collector_id: str, kind: str, message: str) -> None:
         self.events.append(Event(time.time(), collector_id, kind, message))
@@ -162,23 +184,12 @@ class Reconciler:
     async def run(self) -> None:
         """Reconcile until cancelled or ``stop()``; the caller shuts the manager down."""
         self.snapshot = await asyncio.to_thread(self.source.scan)
+        await self.manager.driver.open()
         watcher = asyncio.create_task(self._follow_source(), name="spec source")
         rotation = asyncio.create_task(self._rotate_logs(), name="log rotation")
         self.alive = True
         try:
-            while not self._stopping:
-                self._wake.clear()
-                started = time.perf_counter()
-                self._pass()
-                self.last_pass_duration_seconds = time.perf_counter() - started
-                self.passes += 1
-                for listener in self.pass_listeners:
-                    listener(self.last_pass_duration_seconds)
-                if not self.ready.is_set() and not self._busy:
-                    self.ready.set()
-                await self._wake.wait()
-                # Let wake-ups that arrive meanwhile share the next pass.
-                await asyncio.sleep(self.last_pass_duration_seconds * PASS_SPACING_FACTOR)
+            await self.controller.run(on_pass=self._after_pass)
         finally:
             self.alive = False
             watcher.cancel()
@@ -188,13 +199,13 @@ class Reconciler:
             with contextlib.suppress(asyncio.CancelledError):
                 await rotation
 
+    def _after_pass(self) -> None:
+        if not self.ready.is_set() and not self.controller.busy:
+            self.ready.set()
+
     async def stop(self) -> None:
         """Stop planning and let in-flight actions finish."""
-        self._stopping = True
-        self.wake()
-        busy = list(self._busy.values())
-        if busy:
-            await asyncio.gather(*busy, return_exceptions=True)
+        await self.controller.hold()
 
     async def _follow_source(self) -> None:
         async with contextlib.aclosing(self.source.watch()) as snapshots:
@@ -238,46 +249,16 @@ class Reconciler:
         """The desired state, rebuilt only when a new snapshot arrived."""
         snapshot = self.snapshot
         if self._desired_for is not snapshot:
-            self._desired = {
-                collector_id: Desired(loaded.spec, loaded.spec_hash, loaded.process_hash)
-                for collector_id, loaded in snapshot.specs.items()
-            }
+            self._desired = desired_from(snapshot)
             self._desired_for = snapshot
         return self._desired
 
     def observed(self) -> dict[str, Observed]:
-        result = {}
-        for collector_id in self.manager.collector_ids():
-            applied = self.applied.get(collector_id)
-            result[collector_id] = Observed(
-                state=self.manager.state_of(collector_id),
-                applied=applied.spec if applied else None,
-                applied_spec_hash=applied.spec_hash if applied else None,
-                applied_process_hash=applied.process_hash if applied else None,
-            )
-        # A spec that asks for "stopped" from the start has no manager record,
-        # yet it is applied: keep it from looking new on every pass.
-        for collector_id, applied in self.applied.items():
-            if collector_id not in result:
-                result[collector_id] = Observed(
-                    CollectorState.STOPPED, applied.spec, applied.spec_hash, applied.process_hash
-                )
-        return result
+        return self.manager.executor.observed()
 
-    def _pass(self) -> None:
+    def _current_overrides(self) -> Mapping[str, Override]:
         self._expire_overrides()
-        actions = plan(
-            self.desired(),
-            self.observed(),
-            asyncio.get_running_loop().time(),
-            overrides=self.overrides,
-        )
-        for action in actions:
-            if action.collector_id in self._busy:
-                continue  # re-planned from the newest state once its action ends
-            self._busy[action.collector_id] = asyncio.create_task(
-                self._execute(action), name=f"{type(action).__name__} {action.collector_id}"
-            )
+        return self.overrides
 
     def _expire_overrides(self) -> None:
         """An override ends when its collector's spec changes or the file goes."""
@@ -297,80 +278,18 @@ class Reconciler:
         if self._on_overrides_changed is not None:
             self._on_overrides_changed(dict(self.overrides))
 
-    # -- execution --------------------------------------------------------------
+    def plan_for(self, desired: Mapping[str, Desired]) -> list[Action]:
+        """What the controller would do if ``desired`` were the spec directory (``diff``)."""
+        return plan(
+            desired,
+            self.observed(),
+            self.controller.clock.now(),
+            overrides=self.overrides,
+            defaults=self.manager.config,
+        )
 
-    async def _execute(self, action: Action) -> None:
-        name = type(action).__name__.lower()
-        collector_id = action.collector_id
-        log.info("%s: %s (%s)", collector_id, name, action.reason)
-        self.record(collector_id, name, action.reason)
-        result = "success"
-        try:
-            await self._carry_out(action)
-        except ReconcilerError as exc:
-            result = "error"
-            log.error("%s: %s failed: %s: %s", collector_id, name, exc.code, exc.message)
-            self.record(collector_id, "error", f"{name} failed: {exc.message}")
-        except Exception:
-            result = "error"
-            log.exception("%s: %s failed", collector_id, name)
-        finally:
-            self._busy.pop(collector_id, None)
-            for listener in self.action_listeners:
-                listener(name, result)
-            self.wake()
-
-    async def _carry_out(self, action: Action) -> None:
-        collector_id = action.collector_id
-        if isinstance(action, Start | Restart | Update):
-            await self._apply_spec(action)
-        elif isinstance(action, Stop):
-            await self._stop(action)
-        elif isinstance(action, Forget):
-            await self._forget(collector_id)
-        elif isinstance(action, Pause):
-            await self.manager.pause_collector(collector_id)
-        elif isinstance(action, Resume):
-            await self.manager.resume_collector(collector_id)
-
-    async def _apply_spec(self, action: Start | Restart | Update) -> None:
-        collector_id, spec, manager = action.collector_id, action.spec, self.manager
-        config = resolve_spec_paths(spec, self.source.specs_dir)
-        loaded = self.snapshot.specs.get(collector_id)
-        process_hash = loaded.process_hash if loaded else ""
-        # Recorded first: a spec that fails to start stays failed until it changes.
-        self.applied[collector_id] = Applied(spec, action.spec_hash, process_hash)
-        known = collector_id in manager.collector_ids()
-        if isinstance(action, Update):
-            if known:
-                await manager.replace_config(collector_id, config)
-        elif isinstance(action, Restart) and known:
-            await manager.restart_collector(
-                collector_id,
-                config=config,
-                collector_type=spec.type,
-                reason=f"restarted ({action.reason})",
-            )
-        else:
-            await manager.start_collector(collector_id, spec.type, config)
-
-    async def _stop(self, action: Stop) -> None:
-        collector_id = action.collector_id
-        if collector_id in self.manager.collector_ids():
-            await self.manager.stop_collector(collector_id)
-        if action.forget:
-            await self._forget(collector_id)
-            return
-        loaded = self.snapshot.specs.get(collector_id)
-        if collector_id not in self.manager.collector_ids() and loaded is not None:
-            self.applied[collector_id] = Applied(loaded.spec, loaded.spec_hash, loaded.process_hash)
-
-    async def _forget(self, collector_id: str) -> None:
-        with contextlib.suppress(ProcessNotFound):
-            await self.manager.forget_collector(collector_id)
-        self.applied.pop(collector_id, None)
-        if self.overrides.pop(collector_id, None) is not None:
-            self._overrides_changed()
+    def describe_plan(self, desired: Mapping[str, Desired]) -> list[str]:
+        return [describe(action) for action in self.plan_for(desired)]
 
     # -- operator actions (control API) -------------------------------------------
 
@@ -392,32 +311,23 @@ class Reconciler:
     async def operator_restart(self, collector_id: str) -> int:
         """Graceful restart now, serialised with the collector's other actions."""
         self._require_spec(collector_id)
-        while (busy := self._busy.get(collector_id)) is not None:
-            await asyncio.wait({busy})
         if collector_id not in self.manager.collector_ids():
             raise ProcessNotFound(f"collector {collector_id!r} has never run")
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
-        async def restart() -> None:
+        async def restart() -> int:
             result = "error"
             try:
                 self.record(collector_id, "restart", "restarted by operator")
-                done.set_result(
-                    await self.manager.restart_collector(
-                        collector_id, reason="restarted by operator"
-                    )
+                pid = await self.manager.restart_collector(
+                    collector_id, reason="restarted by operator"
                 )
                 result = "success"
-            except BaseException as exc:
-                done.set_exception(exc)
+                return pid
             finally:
-                self._busy.pop(collector_id, None)
                 for listener in self.action_listeners:
                     listener("restart", result)
-                self.wake()
 
-        self._busy[collector_id] = asyncio.create_task(restart())
-        return await done
+        return await self.controller.exclusive(collector_id, restart)
 
     # -- views ----------------------------------------------------------------------
 
@@ -439,6 +349,7 @@ class Reconciler:
         if only is not None:
             known &= set(only)
         desired_all, observed_all = self.desired(), self.observed()
+        applied_all = self.applied
         result = []
         for collector_id in sorted(known):
             loaded = snapshot.specs.get(collector_id)
@@ -446,7 +357,7 @@ class Reconciler:
             desired = desired_all.get(collector_id)
             override = self.overrides.get(collector_id)
             problem = problems_by_id.get(collector_id)
-            applied = self.applied.get(collector_id)
+            applied = applied_all.get(collector_id)
             if desired is not None:
                 want = (
                     override.action
@@ -471,7 +382,7 @@ class Reconciler:
                     override=override,
                     converged=(
                         desired is not None
-                        and collector_id not in self._busy
+                        and collector_id not in self.controller.busy
                         and converged(desired, observed_all.get(collector_id), override)
                     ),
                 )

@@ -520,11 +520,10 @@ class ReconcilerCollector(Collector):
             self._actions[action, result] += 1
 
     def _on_manager_event(self, event: ManagerEvent) -> None:
-        # Restarts the loop asks for (spec changes, operators) reach us through
-        # ``_on_action``; the restart policy's own only as manager events.
-        if event.kind == "started" and event.automatic:
-            self._actions["restart", "success"] += 1
-        elif event.kind == "stopped" and event.forced:
+        # Every start and restart, the restart policy's included, is an action
+        # of the controller and reaches us through ``_on_action``; a SIGKILL
+        # inside a stop only as a manager event.
+        if event.kind == "stopped" and event.forced:
             self._actions["kill", "success"] += 1
         elif event.kind == "failed" and event.forced:
             self._actions["kill", "error"] += 1

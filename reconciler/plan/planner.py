@@ -1,21 +1,28 @@
 """``plan(desired, observed, now)``: the whole reconcile decision, as a pure function.
 
-Given what the spec files ask for and what the process manager reports, return
-the actions that make the second equal the first. No clock (``now`` is passed
-in), no I/O, no logging: the reconcile loop calls it on every pass and carries
-out what it returns; unit tests call it with tables.
+Given what the spec files ask for and what the executor observed of the
+processes, return the actions that make the second equal the first. No clock
+(``now`` is passed in), no I/O, no logging: the reconcile loop and the library
+façade call it on every pass and carry out what it returns; ``reconciler
+diff`` prints it; unit tests call it with tables. Every "why" of DESIGN §2
+and §4 is here:
 
-What a spec change means (DESIGN §2):
-- a key of what the process *is* (``PROCESS_IDENTITY_KEYS``) -> ``Restart``;
-- ``state`` -> ``Start``, ``Stop``, ``Pause`` or ``Resume``, no restart;
-- restart policy, timeouts, health check -> ``Update`` in place, no restart;
-- file removed -> ``Stop(forget=True)``, or ``Forget`` when nothing runs.
-An invalid file never reaches here: its last-known-good spec stays desired.
-
-Crashes, backoff and ``failed`` are the manager's (``reconciler.plan.policy``):
-the planner leaves a collector in ``backoff`` to it, and leaves a ``failed``
-one alone until its spec changes. Operator overrides (pause, resume) hold until
-the spec changes or the opposite action is given.
+- what a spec change means (§2): a key of what the process *is*
+  (``PROCESS_IDENTITY_KEYS``) -> ``Restart``; ``state`` -> ``Start``, ``Stop``,
+  ``Pause`` or ``Resume``; restart policy, timeouts, probes -> ``Update`` in
+  place; file removed -> ``Stop(forget=True)``, or ``Forget`` when nothing
+  runs. An invalid file never reaches here: its last-known-good spec stays
+  desired.
+- crashes (§4): an exit nobody asked for (``Observed.exit``: a crash, a start
+  that failed, a stop for a failed probe) is decided by the restart policy
+  (``reconciler.plan.policy``): ``Start(automatic=True)`` at once for the
+  first of a series, ``Wait(until)`` through the backoff delay and then
+  ``Start``, ``GiveUp`` (``failed``) past ``max_restarts``. ``failed`` stays
+  until the spec changes or an operator restarts the collector.
+- health (§4): a probe that reached its failure threshold -> ``Stop(as_crash=True)``
+  when auto-restart is on, and the crash rules above take it from there.
+- operator overrides (§7): pause and resume hold until the spec changes or the
+  opposite action is given.
 """
 
 from __future__ import annotations
@@ -23,8 +30,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from reconciler.plan.actions import (
+    ORDER,
+    Action,
+    Forget,
+    GiveUp,
+    Pause,
+    Restart,
+    Resume,
+    Start,
+    Stop,
+    Update,
+    Wait,
+)
+from reconciler.plan.policy import NoRestart, RestartAfter, RestartPolicy, decide_restart
 from reconciler.spec.load import PROCESS_IDENTITY_KEYS
-from reconciler.spec.models import CollectorSpec
+from reconciler.spec.models import CollectorSpec, ProcessManagerConfig
 from reconciler.state import CollectorState, DesiredState
 
 # -- inputs -------------------------------------------------------------------
@@ -50,76 +71,38 @@ class Override:
 
 
 @dataclass(frozen=True, slots=True)
+class Exit:
+    """An end nobody asked for, waiting for the restart policy's decision."""
+
+    at: float
+    """Clock time of the end."""
+    description: str
+    """``killed by SIGKILL``, ``failed to start: ...``, ``unhealthy: ...``."""
+    run_seconds: float
+    """How long the run lasted (0 for a start that failed)."""
+    clean: bool = False
+    """Exited 0: without auto-restart that is ``stopped``, not ``failed``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Observed:
-    """One collector as the process manager sees it."""
+    """One collector as the executor sees it."""
 
     state: CollectorState
     applied: CollectorSpec | None
     """The spec the current (or last) process was started or updated with."""
     applied_spec_hash: str | None
     applied_process_hash: str | None
+    exit: Exit | None = None
+    """Set while an end nobody asked for awaits a decision (state ``stopped`` or ``backoff``)."""
+    consecutive_restarts: int = 0
+    """Automatic restarts in the current crash series."""
+    probe_failures: int = 0
+    """Consecutive failed health probes of the current run."""
+    probe_detail: str = ""
+    gave_up: bool = False
+    """A ``GiveUp`` ended the series: down until the spec changes or an operator acts."""
 
-
-# -- actions ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    collector_id: str
-    spec: CollectorSpec
-    spec_hash: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Restart:
-    collector_id: str
-    spec: CollectorSpec
-    spec_hash: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Update:
-    """Apply a spec whose process identity is unchanged; no restart."""
-
-    collector_id: str
-    spec: CollectorSpec
-    spec_hash: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    collector_id: str
-    reason: str
-    forget: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Pause:
-    collector_id: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Resume:
-    collector_id: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Forget:
-    """Drop a collector with no process whose spec file is gone."""
-
-    collector_id: str
-    reason: str
-
-
-Action = Start | Restart | Update | Stop | Pause | Resume | Forget
-
-_ORDER = {Stop: 0, Forget: 1, Pause: 2, Update: 3, Restart: 4, Resume: 5, Start: 6}
-"""Stop before start: what frees resources runs first (kopf orchestration)."""
 
 _HAS_PROCESS = frozenset({CollectorState.RUNNING, CollectorState.PAUSED, CollectorState.STARTING})
 
@@ -139,98 +122,168 @@ def effective_state(desired: Desired, override: Override | None) -> DesiredState
     return desired.spec.state
 
 
-def _spec_changed_reason(prefix: str, keys: list[str]) -> str:
+def _with_keys(prefix: str, keys: list[str]) -> str:
     return f"{prefix}: {', '.join(keys)}" if keys else prefix
 
 
-def _plan_one(  # noqa: C901 - one table of cases, kept together on purpose
+@dataclass(frozen=True, slots=True)
+class _Case:
+    """One collector's inputs, with what every rule below reads worked out once."""
+
+    collector_id: str
+    desired: Desired
+    observed: Observed
+    override: Override | None
+    want: DesiredState
+    spec_changed: bool
+    identity_changed: bool
+    keys: list[str]
+
+    def start(self, reason: str, *, automatic: bool = False, attempt: int = 0) -> Start:
+        d = self.desired
+        return Start(
+            self.collector_id, d.spec, d.spec_hash, d.process_hash, reason, automatic, attempt
+        )
+
+    def restart(self, reason: str) -> Restart:
+        d = self.desired
+        return Restart(self.collector_id, d.spec, d.spec_hash, d.process_hash, reason)
+
+    def update(self, reason: str) -> Update:
+        d = self.desired
+        return Update(self.collector_id, d.spec, d.spec_hash, d.process_hash, reason)
+
+    @property
+    def identity_keys(self) -> list[str]:
+        return [key for key in self.keys if key in PROCESS_IDENTITY_KEYS]
+
+
+def _gone(collector_id: str, observed: Observed | None) -> Action | None:
+    """The spec file was removed: stop what runs, then forget the collector."""
+    if observed is None:
+        return None
+    if observed.state in _HAS_PROCESS or observed.state == CollectorState.STOPPING:
+        return Stop(collector_id, "spec file removed", forget=True)
+    return Forget(collector_id, "spec file removed")
+
+
+def _after_exit(case: _Case, exit_: Exit, defaults: ProcessManagerConfig, now: float) -> Action:
+    """An end nobody asked for: restart at once, wait out the backoff, or give up (§4)."""
+    if case.identity_changed:
+        # A fix pushed during backoff applies at once, and begins a new series.
+        return case.restart(_with_keys("spec changed during backoff", case.identity_keys))
+    if case.spec_changed:
+        return case.update(_with_keys("spec changed", case.keys))
+    decision = decide_restart(
+        RestartPolicy.resolve(case.desired.spec, defaults),
+        consecutive_restarts=case.observed.consecutive_restarts,
+        run_seconds=exit_.run_seconds,
+        exit_description=exit_.description,
+        jitter_key=case.collector_id,
+    )
+    if isinstance(decision, NoRestart):
+        return GiveUp(case.collector_id, decision.reason, clean=exit_.clean)
+    if not isinstance(decision, RestartAfter):
+        return GiveUp(case.collector_id, decision.reason, exhausted=True)
+    until = exit_.at + decision.delay_seconds
+    if now < until:
+        return Wait(
+            case.collector_id,
+            until,
+            f"backoff {decision.delay_seconds:.1f} s before restart {decision.attempt} "
+            f"({exit_.description})",
+            decision.attempt,
+        )
+    reason = (
+        f"restarted after crash ({exit_.description})"
+        if decision.delay_seconds == 0
+        else f"restarted after backoff ({exit_.description})"
+    )
+    return case.start(reason, automatic=True, attempt=decision.attempt)
+
+
+def _down(case: _Case) -> Action | None:
+    """No process, and no end waiting for a decision: stopped, failed or given up."""
+    state = case.observed.state
+    if case.observed.gave_up or state == CollectorState.FAILED:
+        if not case.spec_changed:
+            return None  # stays down until the spec changes or an operator restarts it
+        return case.start(_with_keys("spec changed", case.keys))
+    if case.spec_changed and case.observed.applied is not None:
+        return case.start(_with_keys("spec changed", case.keys))
+    return case.start("spec state is running" if state == CollectorState.STOPPED else "new spec")
+
+
+def _live(case: _Case, defaults: ProcessManagerConfig) -> Action | None:
+    """A process runs (or is paused): spec changes, probes, pause and resume."""
+    collector_id, observed, want = case.collector_id, case.observed, case.want
+    if case.identity_changed:
+        return case.restart(_with_keys("spec changed", case.identity_keys))
+    update_keys = [key for key in case.keys if key != "state"]
+    if case.spec_changed and (update_keys or observed.applied is None):
+        return case.update(_with_keys("spec changed", update_keys))
+    check = case.desired.spec.health_check
+    if (
+        observed.state == CollectorState.RUNNING
+        and check is not None
+        and observed.probe_failures >= check.failure_threshold
+        and RestartPolicy.resolve(case.desired.spec, defaults).auto_restart
+    ):
+        return Stop(collector_id, f"unhealthy: {observed.probe_detail}", as_crash=True)
+    override = case.override
+    by_operator = override is not None and want == override.action
+    if want == DesiredState.PAUSED and observed.state == CollectorState.RUNNING:
+        return Pause(collector_id, override.reason if by_operator else "spec state is paused")  # type: ignore[union-attr]
+    if want == DesiredState.RUNNING and observed.state == CollectorState.PAUSED:
+        return Resume(collector_id, override.reason if by_operator else "spec state is running")  # type: ignore[union-attr]
+    if case.spec_changed:
+        # Only `state` changed and the process is already as asked: record it.
+        return case.update("spec changed: state")
+    return None
+
+
+def _plan_one(
     collector_id: str,
     desired: Desired | None,
     observed: Observed | None,
     override: Override | None,
+    defaults: ProcessManagerConfig,
+    now: float,
 ) -> Action | None:
     if desired is None:
-        if observed is None:
-            return None
-        if observed.state in (CollectorState.STOPPED, CollectorState.FAILED):
-            return Forget(collector_id, "spec file removed")
-        return Stop(collector_id, "spec file removed", forget=True)
-
+        return _gone(collector_id, observed)
     want = effective_state(desired, override)
     if observed is None:
         if want == DesiredState.STOPPED:
             return None
-        return Start(collector_id, desired.spec, desired.spec_hash, "new spec")
-
+        return Start(
+            collector_id, desired.spec, desired.spec_hash, desired.process_hash, "new spec"
+        )
     state = observed.state
-    identity_changed = observed.applied_process_hash != desired.process_hash
-    spec_changed = observed.applied_spec_hash != desired.spec_hash
-    # Diffing specs costs a model dump each: only when the hashes say they differ.
-    keys = changed_keys(observed.applied, desired.spec) if spec_changed else []
-    identity_keys = [key for key in keys if key in PROCESS_IDENTITY_KEYS]
-
     if state in (CollectorState.STARTING, CollectorState.STOPPING):
         return None  # an operation is under way; its end wakes the loop again
-
+    spec_changed = observed.applied_spec_hash != desired.spec_hash
+    case = _Case(
+        collector_id=collector_id,
+        desired=desired,
+        observed=observed,
+        override=override,
+        want=want,
+        spec_changed=spec_changed,
+        identity_changed=observed.applied_process_hash != desired.process_hash,
+        # Diffing specs costs a model dump each: only when the hashes say they differ.
+        keys=changed_keys(observed.applied, desired.spec) if spec_changed else [],
+    )
     if want == DesiredState.STOPPED:
-        if state in (CollectorState.STOPPED,):
+        if state == CollectorState.STOPPED and observed.exit is None:
             return None
         reason = "stopped by operator" if override is not None else "spec state is stopped"
         return Stop(collector_id, reason)
-
-    if state == CollectorState.FAILED or state == CollectorState.STOPPED:
-        if state == CollectorState.FAILED and not spec_changed:
-            return None  # stays failed until the spec changes or an operator restarts it
-        if spec_changed and observed.applied is not None:
-            reason = _spec_changed_reason("spec changed", keys)
-        else:
-            reason = "spec state is running" if state == CollectorState.STOPPED else "new spec"
-        return Start(collector_id, desired.spec, desired.spec_hash, reason)
-
-    if state == CollectorState.BACKOFF:
-        if identity_changed:
-            reason = _spec_changed_reason("spec changed during backoff", identity_keys)
-            return Restart(collector_id, desired.spec, desired.spec_hash, reason)
-        if spec_changed:
-            return Update(
-                collector_id,
-                desired.spec,
-                desired.spec_hash,
-                _spec_changed_reason("spec changed", keys),
-            )
-        return None  # the manager restarts it when the backoff delay ends
-
-    # running or paused
-    if identity_changed:
-        reason = _spec_changed_reason("spec changed", identity_keys)
-        return Restart(collector_id, desired.spec, desired.spec_hash, reason)
-    if spec_changed:
-        update_keys = [key for key in keys if key != "state"]
-        if update_keys or observed.applied is None:
-            return Update(
-                collector_id,
-                desired.spec,
-                desired.spec_hash,
-                _spec_changed_reason("spec changed", update_keys),
-            )
-    if want == DesiredState.PAUSED and state == CollectorState.RUNNING:
-        reason = (
-            override.reason
-            if override is not None and want == override.action
-            else ("spec state is paused")
-        )
-        return Pause(collector_id, reason)
-    if want == DesiredState.RUNNING and state == CollectorState.PAUSED:
-        reason = (
-            override.reason
-            if override is not None and want == override.action
-            else ("spec state is running")
-        )
-        return Resume(collector_id, reason)
-    if spec_changed:
-        # Only `state` changed and the process is already as asked: record it.
-        return Update(collector_id, desired.spec, desired.spec_hash, "spec changed: state")
-    return None
+    if observed.exit is not None and state in (CollectorState.STOPPED, CollectorState.BACKOFF):
+        return _after_exit(case, observed.exit, defaults, now)
+    if state in (CollectorState.STOPPED, CollectorState.FAILED, CollectorState.BACKOFF):
+        return _down(case)
+    return _live(case, defaults)
 
 
 def plan(
@@ -239,14 +292,17 @@ def plan(
     now: float,
     *,
     overrides: Mapping[str, Override] | None = None,
+    defaults: ProcessManagerConfig | None = None,
 ) -> list[Action]:
     """Return the actions that make ``observed`` equal ``desired``: at most one per collector.
 
-    Pure: no clock, no I/O, no logging. ``now`` is the caller's clock reading,
-    for decisions that depend on time. Stops come before starts.
+    Pure: no clock, no I/O, no logging. ``now`` is the caller's clock reading
+    (backoff deadlines are compared with it); ``defaults`` the
+    ``[process_manager]`` table that fills what specs leave unset. Stops come
+    before starts; ``Wait``s come last.
     """
-    del now  # every time-based decision (backoff) lives in the restart policy today
     overrides = overrides or {}
+    defaults = defaults if defaults is not None else _DEFAULTS
     actions = []
     for collector_id in sorted(desired.keys() | observed.keys()):
         action = _plan_one(
@@ -254,11 +310,16 @@ def plan(
             desired.get(collector_id),
             observed.get(collector_id),
             overrides.get(collector_id),
+            defaults,
+            now,
         )
         if action is not None:
             actions.append(action)
-    actions.sort(key=lambda action: _ORDER[type(action)])
+    actions.sort(key=lambda action: ORDER[type(action)])
     return actions
+
+
+_DEFAULTS = ProcessManagerConfig()
 
 
 def converged(desired: Desired, observed: Observed | None, override: Override | None) -> bool:

@@ -3,8 +3,8 @@
 Pure: no clock, no I/O, no randomness. The caller passes in how long the run
 lasted and how many automatic restarts the current crash series already had;
 jitter is derived from the collector id and the attempt number, so it is
-reproducible and still spreads many collectors apart. Called by the process
-manager on every unexpected exit, and by the planner.
+reproducible and still spreads many collectors apart. Called by the planner
+(``plan()``) for every exit nobody asked for; nothing else decides restarts.
 
 DESIGN §4: the first crash of a series restarts at once; each further
 consecutive crash waits ``initial * 2**(n-1)`` seconds, capped at ``max``, less
@@ -61,7 +61,7 @@ class NoRestart:
 
 
 @dataclass(frozen=True, slots=True)
-class GiveUp:
+class TooManyRestarts:
     """Too many consecutive restarts: the collector becomes ``failed``."""
 
     reason: str
@@ -75,7 +75,7 @@ class RestartAfter:
     attempt: int
 
 
-RestartDecision = NoRestart | GiveUp | RestartAfter
+RestartDecision = NoRestart | TooManyRestarts | RestartAfter
 
 
 def backoff_delay_seconds(policy: RestartPolicy, *, attempt: int, jitter_key: str) -> float:
@@ -115,7 +115,7 @@ def decide_restart(
         policy, consecutive_restarts=consecutive_restarts, run_seconds=run_seconds
     )
     if policy.max_restarts is not None and done >= policy.max_restarts:
-        return GiveUp(
+        return TooManyRestarts(
             f"{exit_description}; gave up after {done} consecutive restart"
             f"{'' if done == 1 else 's'} (max_restarts = {policy.max_restarts})"
         )

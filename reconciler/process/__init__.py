@@ -1,16 +1,33 @@
-"""The process layer: spawn, signal, watch and restart collector processes."""
+"""The process layer: a driver seam for effects, the executor and controller, the §6 façade.
 
-from reconciler.process.manager import (
-    CollectorProcessManager,
-    ManagerEvent,
-    RunIdentity,
-    describe_exit,
-    process_start_ticks,
-)
+``ProcessDriver`` (``driver``) is every effect on processes; ``PosixDriver``
+(``posix``) the real one and ``FakeDriver`` (``fake``) a scripted one for
+tests. The executor carries out ``reconciler.plan``'s actions through a
+driver; the controller runs plan -> execute; ``CollectorProcessManager`` is
+the library API over both. No restart policy lives in this layer.
+"""
+
+from reconciler.process.clock import Clock, ManualClock
+from reconciler.process.driver import Launch, ProbeResult, ProcessDriver, Run, RunIdentity
+from reconciler.process.events import ManagerEvent, describe_exit
+from reconciler.process.fake import FakeDriver
+from reconciler.process.manager import CollectorProcessManager
+from reconciler.process.posix import PosixDriver
+from reconciler.process.records import Applied
+from reconciler.process.tree import process_start_ticks
 
 __all__ = [
+    "Applied",
+    "Clock",
     "CollectorProcessManager",
+    "FakeDriver",
+    "Launch",
     "ManagerEvent",
+    "ManualClock",
+    "PosixDriver",
+    "ProbeResult",
+    "ProcessDriver",
+    "Run",
     "RunIdentity",
     "describe_exit",
     "process_start_ticks",

@@ -1,6 +1,6 @@
 """Liveness probes beyond "the process exists": exec, HTTP or TCP.
 
-Run by the manager every ``interval_seconds`` while a collector runs. An exec
+Run by the real driver every ``interval_seconds`` while a collector runs. An exec
 probe is a child like any other: its exit is seen through the same pidfd
 watcher, and a probe that overruns its timeout is killed with its group.
 """
@@ -14,18 +14,12 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import aiohttp
 
+from reconciler.process.driver import ProbeResult
 from reconciler.process.exits import ExitWatcher
 from reconciler.spec.models import HealthCheck
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    ok: bool
-    detail: str
 
 
 def _split_host_port(address: str) -> tuple[str, int]:

@@ -462,9 +462,7 @@ _KEY = re.compile(r"\s*([A-Za-z0-9_.\"' -]+?)\s*=")
 
 def _secret_line(lines: list[str], index: int) -> bool:
     """Whether line ``index`` sets a value in a secret location (see ``SECRET_LOCATIONS``)."""
-    table = next(
-        (m[1] for line in reversed(lines[:index]) if (m := _TABLE_HEADER.match(line))), ""
-    )
+    table = next((m[1] for line in reversed(lines[:index]) if (m := _TABLE_HEADER.match(line))), "")
     key_match = _KEY.match(lines[index]) if index < len(lines) else None
     key = key_match[1].replace('"', "").replace("'", "") if key_match else ""
     path = tuple(part.strip() for part in f"{table}.{key}".strip(".").split("."))

@@ -94,7 +94,7 @@ class Harness:
                 and all(
                     v.converged or v.spec_error or v.state == CollectorState.FAILED for v in views
                 )
-                and not self.reconciler._busy
+                and not self.reconciler.controller.busy
             )
 
         await eventually(done, message="converged")

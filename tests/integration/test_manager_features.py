@@ -39,7 +39,7 @@ async def test_rlimits_are_seen_by_the_child(manager: CollectorProcessManager) -
     )
     seen = _limits(pid)
     assert seen["Max open files"] == "123"
-    if manager.cgroup_tracking and "memory" in manager._cgroups.controllers:  # type: ignore[union-attr]
+    if manager.cgroup_tracking and "memory" in manager.driver._tree.controllers:  # type: ignore[attr-defined]
         pytest.fail("this machine enforces memory by cgroup; check memory.max instead")
     assert seen["Max address space"] == str(512 * 1024 * 1024)
     assert seen["Max processes"] == "77"

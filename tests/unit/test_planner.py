@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from reconciler.plan.planner import (
     Desired,
+    Exit,
     Forget,
     Observed,
     Override,
@@ -17,6 +19,7 @@ from reconciler.plan.planner import (
     Start,
     Stop,
     Update,
+    Wait,
     converged,
     plan,
 )
@@ -43,6 +46,14 @@ def observed(actual: S, **applied_changes: Any) -> Observed:
         applied=s,
         applied_spec_hash=spec_hash(s),
         applied_process_hash=process_hash(s),
+    )
+
+
+def crashed(actual: S = S.BACKOFF, *, restarts: int = 1, at: float = 0.0) -> Observed:
+    """A collector whose process ended unexpectedly, awaiting the restart policy."""
+    o = observed(actual)
+    return replace(
+        o, exit=Exit(at, "exited with code 1", run_seconds=0.5), consecutive_restarts=restarts
     )
 
 
@@ -167,7 +178,7 @@ CASES = [
     ),
     pytest.param(
         desired(state="stopped"),
-        observed(S.BACKOFF),
+        crashed(),
         None,
         Stop,
         "stopped",
@@ -190,11 +201,11 @@ CASES = [
     ),
     pytest.param(
         None,
-        observed(S.BACKOFF),
+        crashed(),
         None,
-        Stop,
+        Forget,
         "spec file removed",
-        id="deleted-during-backoff-stops",
+        id="deleted-during-backoff-is-forgotten",
     ),
     pytest.param(
         None,
@@ -229,10 +240,10 @@ CASES = [
         "max_restarts",
         id="failed-retried-on-policy-change",
     ),
-    pytest.param(desired(), observed(S.BACKOFF), None, None, "", id="backoff-left-to-the-manager"),
+    pytest.param(desired(), crashed(), None, Wait, "backoff", id="backoff-waits"),
     pytest.param(
         desired(args=["9"]),
-        observed(S.BACKOFF),
+        crashed(),
         None,
         Restart,
         "during backoff",
@@ -240,7 +251,7 @@ CASES = [
     ),
     pytest.param(
         desired(max_restarts=9),
-        observed(S.BACKOFF),
+        crashed(),
         None,
         Update,
         "max_restarts",

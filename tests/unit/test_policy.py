@@ -7,10 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reconciler.plan.policy import (
-    GiveUp,
     NoRestart,
     RestartAfter,
     RestartPolicy,
+    TooManyRestarts,
     backoff_delay_seconds,
     decide_restart,
 )
@@ -57,7 +57,7 @@ def _decide(policy: RestartPolicy = POLICY, *, done: int, ran: float = 1.0):
 def test_decision(policy: RestartPolicy, done: int, ran: float, expected: object) -> None:
     decision = _decide(policy, done=done, ran=ran)
     if expected == "give-up":
-        assert isinstance(decision, GiveUp)
+        assert isinstance(decision, TooManyRestarts)
         assert f"max_restarts = {policy.max_restarts}" in decision.reason
     elif expected == "no-restart":
         assert isinstance(decision, NoRestart)

@@ -1,0 +1,219 @@
+"""The controller: wake -> ``plan()`` -> execute, level-triggered, with one timer.
+
+Each pass reads the whole desired state (from whoever drives the controller:
+the reconcile loop's spec snapshot, or the library façade's own calls) and the
+whole observed state (the executor's records), asks the pure planner what to
+do, and runs each action in a task of its own. A plan's stops run first and
+its starts wait for them (stop before start), so a collector that takes over
+another's port starts once the port is free. One collector has at most one
+action in flight; its next pass waits until that ends. ``Wait`` actions arm
+the controller's one timer, at the earliest ``until``; giving up is recorded
+at once. Exits, probe results and operator actions only wake it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
+from reconciler.errors import ReconcilerError
+from reconciler.plan.actions import FREEING_ACTIONS, Action, GiveUp, Wait, kind
+from reconciler.plan.planner import Desired, Override, plan
+from reconciler.process.clock import Cancellable
+from reconciler.process.executor import Executor, Stale
+
+log = logging.getLogger("reconciler.loop")
+
+PASS_SPACING_FACTOR = 3.0
+"""After a pass that took d seconds, the next starts no sooner than 3·d later: a
+pass is O(collectors), and a thousand start completions would otherwise each
+buy one, starving the starts themselves. Small fleets see no delay (d ~ 0.1 ms)."""
+
+T = TypeVar("T")
+
+
+class Controller:
+    """Runs the one reconcile decision against an executor; see the module docstring."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        desired: Callable[[], Mapping[str, Desired]],
+        overrides: Callable[[], Mapping[str, Override]] = dict,
+    ) -> None:
+        self.executor = executor
+        self.clock = executor.clock
+        self._desired = desired
+        self._overrides = overrides
+        self.driven = False
+        """Someone other than the library façade supplies the desired state and runs the loop."""
+        self.pass_listeners: list[Callable[[float], None]] = []
+        self.action_listeners: list[Callable[[str, str], None]] = []
+        """Called as ``(kind, "success" | "error")`` when an action ends."""
+        self.begin_listeners: list[Callable[[Action], None]] = []
+        """Called when an action begins (not for a plan gone stale meanwhile)."""
+        self.passes = 0
+        self.last_pass_duration_seconds = 0.0
+        self.busy: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._holding = False
+        self._timer: Cancellable | None = None
+        self._timer_at: float | None = None
+        executor.add_listener(lambda _event: self.wake())
+
+    def drive(
+        self,
+        *,
+        desired: Callable[[], Mapping[str, Desired]],
+        overrides: Callable[[], Mapping[str, Override]],
+    ) -> None:
+        """Take the desired state from elsewhere (the reconcile loop), which then calls ``run``."""
+        self._desired, self._overrides, self.driven = desired, overrides, True
+
+    def wake(self) -> None:
+        """Something may differ: look again."""
+        self._wake.set()
+
+    def plan(self) -> list[Action]:
+        """What the next pass would do, without doing it."""
+        return plan(
+            self._desired(),
+            self.executor.observed(),
+            self.clock.now(),
+            overrides=self._overrides(),
+            defaults=self.executor.config,
+        )
+
+    def plan_one(self, collector_id: str) -> Action | None:
+        """The plan for one collector alone (the façade settles a failed start with it)."""
+        desired = self._desired().get(collector_id)
+        record = self.executor.records.get(collector_id)
+        if desired is None or record is None:
+            return None
+        override = self._overrides().get(collector_id)
+        actions = plan(
+            {collector_id: desired},
+            {collector_id: record.observe()},
+            self.clock.now(),
+            overrides={collector_id: override} if override is not None else None,
+            defaults=self.executor.config,
+        )
+        return actions[0] if actions else None
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self, *, on_pass: Callable[[], None] | None = None) -> None:
+        """Plan and execute until ``hold()``; ``on_pass`` after each pass."""
+        self._holding = False
+        while not self._holding:
+            self._wake.clear()
+            self.run_pass()
+            if on_pass is not None:
+                on_pass()
+            await self._wake.wait()
+            # Let wake-ups that arrive meanwhile share the next pass.
+            await asyncio.sleep(self.last_pass_duration_seconds * PASS_SPACING_FACTOR)
+
+    def run_pass(self) -> None:
+        started = time.perf_counter()
+        generations = self.executor.generations()
+        freeing: list[asyncio.Task[None]] = []
+        waits: list[float] = []
+        for action in self.plan():
+            collector_id = action.collector_id
+            if collector_id in self.busy:
+                continue  # re-planned from the newest state once its action ends
+            if isinstance(action, Wait | GiveUp):
+                record = self.executor.records.get(collector_id)
+                if record is not None and not record.lock.locked():
+                    self.executor.note(action)
+                    if isinstance(action, Wait):
+                        waits.append(action.until)
+                continue
+            after = [] if isinstance(action, FREEING_ACTIONS) else list(freeing)
+            task = asyncio.create_task(
+                self._execute(action, generations.get(collector_id), after),
+                name=f"{type(action).__name__} {collector_id}",
+            )
+            self.busy[collector_id] = task
+            if isinstance(action, FREEING_ACTIONS):
+                freeing.append(task)
+        self._arm_timer(min(waits, default=None))
+        self.last_pass_duration_seconds = time.perf_counter() - started
+        self.passes += 1
+        for listener in self.pass_listeners:
+            listener(self.last_pass_duration_seconds)
+
+    def _arm_timer(self, deadline: float | None) -> None:
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None if deadline is None else self.clock.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, None
+        self.wake()
+
+    async def hold(self) -> None:
+        """Stop planning; let the actions in flight finish."""
+        self._holding = True
+        self.wake()
+        self._arm_timer(None)
+        busy = list(self.busy.values())
+        if busy:
+            await asyncio.gather(*busy, return_exceptions=True)
+
+    async def _execute(
+        self, action: Action, generation: int | None, after: list[asyncio.Task[None]]
+    ) -> None:
+        name, collector_id = kind(action), action.collector_id
+        result: str | None = "success"
+        try:
+            if after:
+                # Stop before start: what this plan frees is free before it starts anything.
+                await asyncio.wait(after)
+            await self.executor.execute(action, generation=generation, on_begin=self._began)
+        except Stale:
+            result = None
+            log.debug("%s: %s planned from an older state; planning again", collector_id, name)
+        except ReconcilerError as exc:
+            result = "error"
+            log.error("%s: %s failed: %s: %s", collector_id, name, exc.code, exc.message)
+        except Exception:
+            result = "error"
+            log.exception("%s: %s failed", collector_id, name)
+        finally:
+            if self.busy.get(collector_id) is asyncio.current_task():
+                del self.busy[collector_id]
+            if result is not None:
+                for listener in self.action_listeners:
+                    listener(name, result)
+            self.wake()
+
+    def _began(self, action: Action) -> None:
+        for listener in self.begin_listeners:
+            listener(action)
+
+    async def exclusive(self, collector_id: str, work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` as the collector's one action in flight (an operator's restart)."""
+        while (busy := self.busy.get(collector_id)) is not None:
+            await asyncio.wait({busy})
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        async def run() -> None:
+            try:
+                done.set_result(await work())
+            except BaseException as exc:
+                done.set_exception(exc)
+            finally:
+                self.busy.pop(collector_id, None)
+                self.wake()
+
+        self.busy[collector_id] = asyncio.create_task(run())
+        return await done

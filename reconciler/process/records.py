@@ -1,0 +1,122 @@
+"""What the executor knows of each collector: one mutable record, and the views of it.
+
+A record holds the facts — the current run, the spec applied, the last end
+nobody asked for, restart counts, probe results — and nothing decided: the
+planner reads them as an immutable ``Observed`` (``observe``), people and
+metrics as a ``CollectorStatus`` (``status``). Used by the executor only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from reconciler.plan.planner import Exit, Observed
+from reconciler.process.driver import Run
+from reconciler.spec.models import CollectorConfig, CollectorSpec
+from reconciler.state import (
+    PROCESS_STATES,
+    TRANSITIONAL_STATES,
+    CollectorState,
+    CollectorStatus,
+    DesiredState,
+    HealthStatus,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The spec a collector's process was last started or updated with, and its hashes."""
+
+    spec: CollectorSpec
+    spec_hash: str
+    process_hash: str
+
+
+@dataclass(eq=False)
+class CollectorRecord:
+    collector_id: str
+    collector_type: str
+    config: CollectorConfig
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    state: CollectorState = CollectorState.STOPPED
+    desired: DesiredState = DesiredState.RUNNING
+    run: Run | None = None
+    applied: Applied | None = None
+    restart_count: int = 0
+    consecutive_restarts: int = 0
+    last_exit_code: int | None = None
+    last_error: str | None = None
+    exit: Exit | None = None
+    gave_up: bool = False
+    backoff_until: float | None = None
+    stop_task: asyncio.Future[int | None] | None = None
+    escalate: asyncio.Event = field(default_factory=asyncio.Event)
+    probe_task: asyncio.Task[None] | None = None
+    probe_failures: int = 0
+    probe_passed: bool | None = None
+    probe_detail: str = ""
+    generation: int = 0
+    """Bumped on every change: an action planned from an older generation is stale."""
+
+    def changed(self) -> None:
+        self.generation += 1
+
+    def observe(self) -> Observed:
+        applied = self.applied
+        return Observed(
+            state=self.state,
+            applied=applied.spec if applied is not None else None,
+            applied_spec_hash=applied.spec_hash if applied is not None else None,
+            applied_process_hash=applied.process_hash if applied is not None else None,
+            exit=self.exit,
+            consecutive_restarts=self.consecutive_restarts,
+            probe_failures=self.probe_failures,
+            probe_detail=self.probe_detail,
+            gave_up=self.gave_up,
+        )
+
+    def health(self) -> HealthStatus:
+        """DESIGN §4: from the state, the desired state and the last probe results."""
+        state, run = self.state, self.run
+        check = self.config.health_check
+        if state == CollectorState.FAILED:
+            return HealthStatus.UNHEALTHY
+        if run is not None and check is not None and self.probe_failures >= check.failure_threshold:
+            return HealthStatus.UNHEALTHY
+        if state in TRANSITIONAL_STATES or self.exit is not None:
+            return HealthStatus.DEGRADED
+        if state.value != self.desired.value:
+            return HealthStatus.DEGRADED
+        if state in PROCESS_STATES and run is not None:
+            # The exit future is the kernel's word on liveness: no /proc read needed.
+            if run.exited.done():
+                return HealthStatus.DEGRADED
+            if check is not None and state == CollectorState.RUNNING:
+                if self.probe_failures > 0:
+                    return HealthStatus.DEGRADED
+                if self.probe_passed is None:
+                    return HealthStatus.UNKNOWN
+        return HealthStatus.HEALTHY
+
+    def status(self, now: float) -> CollectorStatus:
+        run = self.run
+        backoff = 0.0
+        if self.state == CollectorState.BACKOFF and self.backoff_until is not None:
+            backoff = max(0.0, self.backoff_until - now)
+        return CollectorStatus(
+            collector_id=self.collector_id,
+            collector_type=self.collector_type,
+            state=self.state,
+            desired=self.desired,
+            health=self.health(),
+            pid=run.pid if run is not None else None,
+            start_time=run.started_wall if run is not None else None,
+            uptime_seconds=now - run.started_at if run is not None else 0.0,
+            restart_count=self.restart_count,
+            consecutive_restarts=self.consecutive_restarts,
+            last_exit_code=self.last_exit_code,
+            last_error=self.last_error,
+            backoff_seconds=backoff,
+            probe_failures=self.probe_failures if run is not None else 0,
+        )

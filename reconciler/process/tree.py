@@ -1,0 +1,72 @@
+"""What the kernel says about processes: identity, state letter, group and session members.
+
+Read from ``/proc`` without psutil's per-process objects where one field is
+all that is needed. Used by the real driver (tracking without cgroups,
+adoption, pause confirmation) and by ``process_start_ticks`` callers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+
+def _stat(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read()
+    except OSError:
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat``: when the process started, in clock ticks since boot.
+
+    With the pid it identifies one process for the life of the machine, so a
+    recycled pid is never mistaken for the collector that once had it.
+    """
+    data = _stat(pid)
+    if data is None:
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+def kernel_state(pid: int) -> str | None:
+    """The state letter of ``/proc/<pid>/stat`` (R, S, D, T, Z, ...), ``None`` if gone."""
+    data = _stat(pid)
+    if data is None:
+        return None
+    # The command name may contain spaces and parentheses: the state follows the last ')'.
+    end = data.rindex(b")")
+    return data[end + 2 : end + 3].decode()
+
+
+def group_members(leader: int) -> list[int]:
+    """Live processes whose session or process group is ``leader``'s (no cgroups)."""
+    members: set[int] = set()
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(proc.pid) == leader or os.getpgid(proc.pid) == leader:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    members.add(proc.pid)
+        except (OSError, psutil.Error):
+            continue
+    return sorted(members)
+
+
+def members_by_leader(leaders: set[int]) -> dict[int, list[int]]:
+    """``group_members`` of many leaders in one scan of the process table."""
+    by_leader: dict[int, list[int]] = {leader: [] for leader in leaders}
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            leader = os.getsid(proc.pid)
+            if leader not in by_leader:
+                leader = os.getpgid(proc.pid)
+        except OSError:
+            continue
+        if leader in by_leader:
+            by_leader[leader].append(proc.pid)
+    return {leader: sorted(pids) for leader, pids in by_leader.items()}

@@ -172,8 +172,7 @@ def _after_exit(case: _Case, exit_: Exit, defaults: ProcessManagerConfig, now: f
     if case.identity_changed:
         # A fix pushed during backoff applies at once, and begins a new series.
         return case.restart(_with_keys("spec changed during backoff", case.identity_keys))
-    if case.spec_changed:
-        return case.update(_with_keys("spec changed", case.keys))
+    # The policy of the spec as it is now: a max_restarts raised during backoff counts.
     decision = decide_restart(
         RestartPolicy.resolve(case.desired.spec, defaults),
         consecutive_restarts=case.observed.consecutive_restarts,
@@ -181,9 +180,12 @@ def _after_exit(case: _Case, exit_: Exit, defaults: ProcessManagerConfig, now: f
         exit_description=exit_.description,
         jitter_key=case.collector_id,
     )
-    if isinstance(decision, NoRestart):
-        return GiveUp(case.collector_id, decision.reason, clean=exit_.clean)
     if not isinstance(decision, RestartAfter):
+        if case.spec_changed:
+            # Record the new spec first, so that a spec change is what ends ``failed``.
+            return case.update(_with_keys("spec changed", case.keys))
+        if isinstance(decision, NoRestart):
+            return GiveUp(case.collector_id, decision.reason, clean=exit_.clean)
         return GiveUp(case.collector_id, decision.reason, exhausted=True)
     until = exit_.at + decision.delay_seconds
     if now < until:
@@ -199,6 +201,7 @@ def _after_exit(case: _Case, exit_: Exit, defaults: ProcessManagerConfig, now: f
         if decision.delay_seconds == 0
         else f"restarted after backoff ({exit_.description})"
     )
+    # The restart starts the spec as it is now: a policy edit needs no Update of its own.
     return case.start(reason, automatic=True, attempt=decision.attempt)
 
 

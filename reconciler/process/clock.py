@@ -34,6 +34,10 @@ class Clock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
+    async def breathe(self, seconds: float) -> None:
+        """Let other work run for about ``seconds`` of real time (between loop passes)."""
+        await asyncio.sleep(seconds)
+
     async def wait(self, future: asyncio.Future[Any], timeout_seconds: float) -> bool:
         """Wait for ``future`` at most ``timeout_seconds``; whether it is done."""
         await asyncio.wait({future}, timeout=timeout_seconds)
@@ -70,6 +74,10 @@ class ManualClock(Clock):
         timer = _ManualTimer(callback)
         heapq.heappush(self._timers, (when, next(self._order), timer))
         return timer
+
+    async def breathe(self, seconds: float) -> None:
+        # Manual time does not pass while the loop works: nothing to space out.
+        await asyncio.sleep(0)
 
     async def sleep(self, seconds: float) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -114,7 +122,17 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def settle(rounds: int = 50) -> None:
-    """Let every ready task run until the event loop has nothing left to do now."""
-    for _ in range(rounds):
+async def settle(max_rounds: int = 1000) -> None:
+    """Let every ready task run until the event loop has nothing left to do now.
+
+    Done when the loop's ready queue stayed empty for a few turns in a row
+    (what is left waits on a timer or on I/O); bounded, so it never hangs.
+    """
+    loop = asyncio.get_running_loop()
+    quiet = 0
+    for _ in range(max_rounds):
         await asyncio.sleep(0)
+        ready = getattr(loop, "_ready", None)
+        quiet = quiet + 1 if ready is not None and not ready else 0
+        if quiet >= 3:
+            return

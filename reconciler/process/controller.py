@@ -116,7 +116,7 @@ class Controller:
                 on_pass()
             await self._wake.wait()
             # Let wake-ups that arrive meanwhile share the next pass.
-            await asyncio.sleep(self.last_pass_duration_seconds * PASS_SPACING_FACTOR)
+            await self.clock.breathe(self.last_pass_duration_seconds * PASS_SPACING_FACTOR)
 
     def run_pass(self) -> None:
         started = time.perf_counter()

@@ -250,12 +250,20 @@ CASES = [
         id="fix-during-backoff-applies-at-once",
     ),
     pytest.param(
-        desired(max_restarts=9),
+        desired(restart_backoff_initial_seconds=5.0),
+        crashed(),
+        None,
+        Wait,
+        "backoff 4.8 s before restart 2",  # 5 s less this id's jitter
+        id="policy-change-during-backoff-waits-under-the-new-policy",
+    ),
+    pytest.param(
+        desired(max_restarts=1),
         crashed(),
         None,
         Update,
         "max_restarts",
-        id="policy-change-during-backoff",
+        id="policy-change-that-gives-up-records-the-spec-first",
     ),
     pytest.param(desired(), observed(S.STARTING), None, None, "", id="starting-waits"),
     pytest.param(

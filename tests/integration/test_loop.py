@@ -7,7 +7,10 @@ running collectors, editor and ConfigMap write patterns, and bursts.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -388,3 +391,58 @@ async def test_slow_stop_does_not_delay_another_collector(harness: Harness) -> N
     write(harness.specs / "fast.toml", spec_text())
     await harness.running("fast")
     assert loop.time() - started < 2.0, "a slow graceful stop delayed another collector's start"
+
+
+PORT_HOLDER = """\
+import signal, socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError as exc:
+    sys.exit(f"port {sys.argv[1]}: {exc}")
+s.listen()
+def bye(*_):
+    time.sleep(0.3)  # a graceful stop takes a moment; the port is held until the end
+    sys.exit(0)
+signal.signal(signal.SIGTERM, bye)
+while True:
+    signal.pause()
+"""
+
+
+def port_holder_spec(port: int, name: str) -> str:
+    return (
+        f'type = "{name}"\n'
+        f'binary_path = "{sys.executable}"\n'
+        f"args = [\"-c\", {json.dumps(PORT_HOLDER)}, \"{port}\"]\n"
+        'log = "null"\n'
+        "graceful_timeout_seconds = 5\n"
+        "max_restarts = 0\n"
+        f'env = {{ {MARK_ENV} = "{SESSION_MARK}" }}\n'
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_replacing_a_spec_by_one_on_the_same_port_hands_over_on_the_first_try(
+    harness: Harness,
+) -> None:
+    """Stop before start, as carried out: b starts only once a has let go of the port."""
+    port = free_port()
+    write(harness.specs / "a.toml", port_holder_spec(port, "holder"))
+    old = await harness.running("a")
+    # One rename: a single snapshot in which a.toml is gone and b.toml is new.
+    os.rename(harness.specs / "a.toml", harness.specs / "b.toml")
+    new = await harness.running("b")
+    await harness.settled("b")
+    assert not alive(old) and new != old
+    status = harness.manager.status("b")
+    assert status.restart_count == 0 and status.last_exit_code is None, status
+    assert harness.manager.collector_ids() == ["b"]
+    kinds = [e.kind for e in harness.reconciler.events if e.collector_id == "b"]
+    assert "exited" not in kinds and "failed" not in kinds, kinds

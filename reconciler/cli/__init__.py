@@ -1,0 +1,189 @@
+"""The ``reconciler`` command line: argument parsing and one function per subcommand.
+
+Each subcommand is a ``Subcommand`` entry in ``SUBCOMMANDS``: a name, a help
+line, a function that declares its arguments and a function that runs it and
+returns the exit code. To add one (``run``, ``status``, ...), write those two
+functions and append an entry; ``main`` needs no change.
+
+Exit codes (DESIGN §7): 0 success; 1 an error, printed to stderr as
+``FILE: KEY: reason`` lines for spec problems or ``CODE: message`` for other
+``ReconcilerError``; 2 a usage error (argparse's own).
+
+Reading and writing files happens here, never in ``reconciler.spec``, which
+only turns bytes into models. The client commands (``status``, ``restart``,
+``pause``, ``resume``, ``events``, ``wait``) talk JSON to a running daemon's
+control socket (``reconciler.api``), found by ``--socket``, else
+``$RECONCILER_SOCKET``, else ``/run/reconciler/api.sock``; one that cannot be
+reached is a one-line message naming the socket, exit 1. The console script
+``reconciler`` calls ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from reconciler import __version__
+from reconciler.cli.client import socket_argument
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Subcommand
+from reconciler.cli.files import (
+    _new_arguments,
+    _run_arguments,
+    _validate_arguments,
+    cmd_new,
+    cmd_run,
+    cmd_schema,
+    cmd_validate,
+)
+from reconciler.cli.status import (
+    _action_arguments,
+    _events_arguments,
+    _status_arguments,
+    cmd_events,
+    cmd_pause,
+    cmd_reload,
+    cmd_restart,
+    cmd_resume,
+    cmd_status,
+)
+from reconciler.cli.wait import _wait_arguments, cmd_wait
+from reconciler.errors import InvalidSpec, ReconcilerError
+
+# --- registry and dispatch ------------------------------------------------------------
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand(
+        name="run",
+        help="the daemon: keep processes equal to the spec directory (foreground, logs to stderr)",
+        add_arguments=_run_arguments,
+        run=cmd_run,
+    ),
+    Subcommand(
+        name="validate",
+        help="check spec files or directories; exit 1 naming file, key and reason",
+        add_arguments=_validate_arguments,
+        run=cmd_validate,
+    ),
+    Subcommand(
+        name="schema",
+        help="print the JSON Schema of spec files (for editors and CI linting)",
+        run=cmd_schema,
+    ),
+    Subcommand(
+        name="new",
+        help="print or write a valid starter spec",
+        add_arguments=_new_arguments,
+        run=cmd_new,
+        usage="%(prog)s ID [--type T] [--binary B] [-o FILE] [--force] [-- ARGS...]",
+        passthrough=True,
+    ),
+    Subcommand(
+        name="status",
+        help="table of collectors: id, type, desired, state, health, pid, uptime, restarts, "
+        "error; with ID, one in detail",
+        add_arguments=_status_arguments,
+        run=cmd_status,
+    ),
+    Subcommand(
+        name="restart",
+        help="gracefully restart a collector now",
+        add_arguments=_action_arguments,
+        run=cmd_restart,
+    ),
+    Subcommand(
+        name="pause",
+        help="pause a collector (SIGSTOP) until resumed or its spec file changes",
+        add_arguments=_action_arguments,
+        run=cmd_pause,
+    ),
+    Subcommand(
+        name="resume",
+        help="resume a paused collector",
+        add_arguments=_action_arguments,
+        run=cmd_resume,
+    ),
+    Subcommand(
+        name="reload",
+        help="reload the config file and rescan the specs now; exit 1 naming a refused key",
+        add_arguments=socket_argument,
+        run=cmd_reload,
+    ),
+    Subcommand(
+        name="events",
+        help="recent events, oldest first: what was done, when and why",
+        add_arguments=_events_arguments,
+        run=cmd_events,
+    ),
+    Subcommand(
+        name="wait",
+        help="block until converged: exit 0 when every (named) collector runs its current "
+        "spec in its desired state; 1 on timeout or failure, naming what is pending",
+        add_arguments=_wait_arguments,
+        run=cmd_wait,
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reconciler",
+        description="Declarative supervisor for collector processes.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for subcommand in SUBCOMMANDS:
+        sub = commands.add_parser(
+            subcommand.name,
+            help=subcommand.help,
+            description=subcommand.help,
+            usage=subcommand.usage,
+        )
+        if subcommand.add_arguments is not None:
+            subcommand.add_arguments(sub)
+        sub.set_defaults(subcommand=subcommand)
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; exits with 2 (argparse) on a usage error."""
+    parser = build_parser()
+    by_name = {subcommand.name: subcommand for subcommand in SUBCOMMANDS}
+    cut = argv.index("--") if "--" in argv else len(argv)
+    words = [arg for arg in argv[:cut] if not arg.startswith("-")]
+    # argparse cannot take "ID --type T -- ARGS": a "*" positional is consumed,
+    # empty, at the ID, and what follows "--" is then "unrecognized". So for a
+    # passthrough command the tail is cut off before parsing.
+    if cut < len(argv) and words and words[0] in by_name and by_name[words[0]].passthrough:
+        args = parser.parse_args(argv[:cut])
+        args.passthrough = argv[cut + 1 :]
+    else:
+        args = parser.parse_args(argv)
+        args.passthrough = []
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it)."""
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as exc:  # --help, --version, usage errors
+        if exc.code is None:
+            return EXIT_OK
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    subcommand: Subcommand = args.subcommand
+    try:
+        return subcommand.run(args)
+    except InvalidSpec as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_ERROR
+    except ReconcilerError as exc:
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # `reconciler schema | head`: the reader left. Python would print a
+        # traceback at exit flushing stdout; point it at /dev/null instead.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR

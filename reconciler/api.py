@@ -379,6 +379,38 @@ async def _reload(request: web.Request) -> web.Response:
     return web.json_response({"reloaded": True})
 
 
+MAX_PLAN_FILES = 10_000
+PLAN_BODY_MAX_BYTES = 16 * 1024 * 1024
+
+
+async def _plan(request: web.Request) -> web.Response:
+    """``reconciler diff``: spec files in (``{"files": {name: toml}}``; none: the specs
+    directory), the lines ``plan()`` would carry out against this daemon's state out."""
+    reconciler = _reconciler(request)
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"body: not JSON ({exc})") from exc
+    files = body.get("files") if isinstance(body, dict) else None
+    if files is None:
+        await _rescan(reconciler)
+        lines = reconciler.diff()
+    else:
+        if (
+            not isinstance(files, dict)
+            or len(files) > MAX_PLAN_FILES
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+        ):
+            raise web.HTTPBadRequest(text="files: must map file names to TOML text")
+        lines = reconciler.diff({name: text.encode() for name, text in files.items()})
+    return web.json_response(
+        {
+            "differences": sum(line.difference for line in lines),
+            "actions": [line.to_json() for line in lines],
+        }
+    )
+
+
 async def _rescan(reconciler: Reconciler) -> None:
     """Read the specs directory now, where the reconciler can; else just look again."""
     rescan: Callable[[], Awaitable[None]] | None = getattr(reconciler, "rescan", None)
@@ -423,7 +455,8 @@ class ApiServer:
         return self.socket_path.with_name(self.socket_path.name + ".lock")
 
     def _application(self) -> web.Application:
-        app = web.Application(middlewares=[_errors])
+        # A whole spec tree for `reconciler diff` fits; each spec file is far smaller.
+        app = web.Application(middlewares=[_errors], client_max_size=PLAN_BODY_MAX_BYTES)
         app[_RECONCILER_KEY] = self.reconciler
         app[_SERVER_KEY] = self
         collector = API_PREFIX + "/collectors/{id}"
@@ -434,6 +467,7 @@ class ApiServer:
         app.router.add_post(collector + "/resume", _resume)
         app.router.add_get(API_PREFIX + "/events", _events)
         app.router.add_post(API_PREFIX + "/reload", _reload)
+        app.router.add_post(API_PREFIX + "/plan", _plan)
         return app
 
     async def start(self) -> None:

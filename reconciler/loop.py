@@ -27,12 +27,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.errors import ProcessManagerError, ProcessNotFound
-from reconciler.plan.actions import Action, describe, kind
-from reconciler.plan.planner import Desired, Observed, Override, converged, plan
+from reconciler.errors import InvalidSpec, ProcessManagerError, ProcessNotFound
+from reconciler.plan.actions import Action, kind
+from reconciler.plan.diff import DiffLine, diff
+from reconciler.plan.planner import Desired, Observed, Override, converged
 from reconciler.process import Applied, CollectorProcessManager, ManagerEvent
 from reconciler.process.logs import rotate_all
 from reconciler.source import SpecSnapshot, SpecSource
+from reconciler.spec.load import collector_id_from_filename, parse_spec, process_hash, spec_hash
 from reconciler.spec.models import CollectorConfig, CollectorSpec
 from reconciler.state import CollectorState, CollectorStatus, DesiredState
 
@@ -98,6 +100,23 @@ def desired_from(snapshot: SpecSnapshot) -> dict[str, Desired]:
         collector_id: Desired(loaded.spec, loaded.spec_hash, loaded.process_hash)
         for collector_id, loaded in snapshot.specs.items()
     }
+
+
+def desired_from_files(files: Mapping[str, bytes]) -> dict[str, Desired]:
+    """Parse a whole spec tree given as file name -> bytes; ``InvalidSpec`` lists every problem."""
+    result: dict[str, Desired] = {}
+    problems: list[str] = []
+    for name, data in sorted(files.items()):
+        try:
+            collector_id = collector_id_from_filename(name)
+            spec = parse_spec(data, filename=name, collector_id=collector_id)
+        except InvalidSpec as exc:
+            problems.extend(exc.problems)
+            continue
+        result[collector_id] = Desired(spec, spec_hash(spec), process_hash(spec))
+    if problems:
+        raise InvalidSpec("; ".join(problems), problems=problems)
+    return result
 
 
 class Reconciler:
@@ -278,18 +297,21 @@ class Reconciler:
         if self._on_overrides_changed is not None:
             self._on_overrides_changed(dict(self.overrides))
 
-    def plan_for(self, desired: Mapping[str, Desired]) -> list[Action]:
-        """What the controller would do if ``desired`` were the spec directory (``diff``)."""
-        return plan(
+    def diff(self, files: Mapping[str, bytes] | None = None) -> list[DiffLine]:
+        """What applying these spec files would do, from the same ``plan()`` (``reconciler diff``).
+
+        ``files`` maps file names to their bytes, as a whole specs directory
+        (a collector without a file would be stopped); ``None``: the specs
+        directory as last read. ``InvalidSpec`` names every file, key and reason.
+        """
+        desired = self.desired() if files is None else desired_from_files(files)
+        return diff(
             desired,
             self.observed(),
             self.controller.clock.now(),
             overrides=self.overrides,
             defaults=self.manager.config,
         )
-
-    def describe_plan(self, desired: Mapping[str, Desired]) -> list[str]:
-        return [describe(action) for action in self.plan_for(desired)]
 
     # -- operator actions (control API) -------------------------------------------
 

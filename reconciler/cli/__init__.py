@@ -27,6 +27,7 @@ import sys
 from reconciler import __version__
 from reconciler.cli.client import socket_argument
 from reconciler.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Subcommand
+from reconciler.cli.diff import cmd_diff, diff_arguments
 from reconciler.cli.files import (
     _new_arguments,
     _run_arguments,
@@ -114,6 +115,13 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         help="recent events, oldest first: what was done, when and why",
         add_arguments=_events_arguments,
         run=cmd_events,
+    ),
+    Subcommand(
+        name="diff",
+        help="what applying these spec files would do (start, restart, update in place, "
+        "stop, keep), from the daemon's own plan(); exit 0 no difference, 1 differences, 2 error",
+        add_arguments=diff_arguments,
+        run=cmd_diff,
     ),
     Subcommand(
         name="wait",

@@ -104,13 +104,14 @@ class Client:
         path: str,
         *,
         params: dict[str, str] | None = None,
+        json_body: object = None,
         timeout_seconds: float | None = READ_TIMEOUT_SECONDS,
     ) -> Any:
         aiohttp = self._aiohttp
         timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=10)
         try:
             async with self._session.request(
-                method, API + path, params=params, timeout=timeout
+                method, API + path, params=params, json=json_body, timeout=timeout
             ) as response:
                 status = response.status
                 try:

@@ -84,8 +84,15 @@ class Api:
     async def get(self, path: str, *, expect: int = 200, **params: str) -> dict[str, Any]:
         return await self.call("GET", path, expect=expect, **params)
 
-    async def post(self, path: str, *, expect: int = 200) -> dict[str, Any]:
-        return await self.call("POST", path, expect=expect)
+    async def post(self, path: str, *, expect: int = 200, body: object = None) -> dict[str, Any]:
+        if body is None:
+            return await self.call("POST", path, expect=expect)
+        async with self.session.post(path, json=body) as response:
+            text = await response.text()
+            self.bodies.append(text)
+            assert response.status == expect, (response.status, text)
+            answer: dict[str, Any] = json.loads(text)
+            return answer
 
     async def error(self, method: str, path: str, *, expect: int, code: str) -> str:
         body = await self.call(method, path, expect=expect)
@@ -539,3 +546,33 @@ async def test_stop_leaves_a_newer_servers_socket_alone(
     socket_path.write_text("someone else's now")
     await server.stop()
     assert socket_path.read_text() == "someone else's now"
+
+
+# -- POST /api/v1/plan (reconciler diff) ------------------------------------------------------
+
+
+async def test_plan_answers_with_the_lines_plan_would_carry_out(api: Api) -> None:
+    api.write("web", spec_text())
+    await api.running("web")
+    await eventually(lambda: api.converged("web"))
+    answer = await api.post("/api/v1/plan", body={"files": {"web.toml": spec_text(args=("1",))}})
+    assert answer["differences"] == 1
+    [line] = answer["actions"]
+    assert line["id"] == "web" and line["action"] == "restart"
+    assert line["line"] == "restart web (spec changed: args)"
+    unchanged = await api.post("/api/v1/plan", body={"files": {"web.toml": spec_text()}})
+    assert unchanged == {"differences": 0, "actions": []}
+    assert (await api.post("/api/v1/plan", body={}))["differences"] == 0, "its own directory"
+    gone = await api.post("/api/v1/plan", body={"files": {}})
+    assert [a["line"] for a in gone["actions"]] == ["stop web (spec file removed)"]
+    assert api.reconciler.manager.status("web").state == CollectorState.RUNNING, "only a plan"
+
+
+async def test_plan_refuses_invalid_specs_and_bodies(api: Api) -> None:
+    answer = await api.post(
+        "/api/v1/plan", body={"files": {"web.toml": 'type = "x"\nargz = 1\n'}}, expect=422
+    )
+    assert answer["error"]["code"] == "INVALID_SPEC"
+    assert "web.toml: argz: unknown key" in answer["error"]["message"]
+    answer = await api.post("/api/v1/plan", body={"files": ["web.toml"]}, expect=400)
+    assert answer["error"]["code"] == "BAD_REQUEST"

@@ -415,7 +415,7 @@ def port_holder_spec(port: int, name: str) -> str:
     return (
         f'type = "{name}"\n'
         f'binary_path = "{sys.executable}"\n'
-        f"args = [\"-c\", {json.dumps(PORT_HOLDER)}, \"{port}\"]\n"
+        f'args = ["-c", {json.dumps(PORT_HOLDER)}, "{port}"]\n'
         'log = "null"\n'
         "graceful_timeout_seconds = 5\n"
         "max_restarts = 0\n"

@@ -1,4 +1,4 @@
-"""``reconciler diff`` as a reviewer and an operator run it: every line kind, both modes, exit codes."""
+"""``reconciler diff`` as reviewers and operators run it: each line kind, both modes, exits."""
 
 from __future__ import annotations
 

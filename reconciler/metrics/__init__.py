@@ -1,0 +1,60 @@
+"""Prometheus exporter and the metrics listener: ``/metrics``, ``/healthz``, ``/readyz``.
+
+``ReconcilerCollector`` turns one consistent snapshot of a ``Reconciler`` —
+``views()`` and the spec snapshot, read together in the event-loop thread at
+scrape time — into the metric families of DESIGN §9, exactly those names,
+labels and types. Nothing is polled between scrapes: the series are built
+fresh on every scrape (so a removed collector's series disappear and a failed
+one keeps its own), and the only state kept between scrapes is what makes the
+counters monotonic and what the loop reports through its listeners (pass
+durations, actions).
+
+``MetricsServer`` serves the registry on the read-only TCP listener of
+DESIGN §8 (aiohttp). ``reconciler.daemon`` starts it next to the loop;
+embedders and tests may too. A scrape runs in the event-loop thread; at 1000
+collectors it has ~23 000 samples, too many for ``generate_latest`` within
+the 100 ms a scrape may take, so the families this module makes
+(``SeriesFamily``, ``OneHotFamily``) write their own text — the same bytes,
+tested — and anything else in the registry goes through ``generate_latest``.
+
+Choices the contract leaves open:
+
+- ``reconciler_collector_uptime_seconds`` is 0 without a process (as DESIGN
+  says); ``reconciler_collector_start_time_seconds`` and
+  ``reconciler_collector_last_exit_code`` are omitted while they have no value
+  (Prometheus convention: a made-up 0 would turn ``time() - start_time`` into
+  fifty years).
+- ``reconciler_collector_cpu_seconds_total`` is monotonic for the life of a
+  collector id, across restarts and children that come and go (``_TreeCpu``).
+- ``reconciler_spec_valid{file="."}`` is the specs directory itself: always
+  present, 0 while it is missing, unreadable or unsafe.
+- ``reconciler_actions_total`` counts the six actions DESIGN names: the loop's
+  start/stop/restart/pause/resume, the manager's automatic and operator
+  restarts, and ``kill`` for a stop that had to end in SIGKILL. The loop's
+  ``update`` (applied in place) and ``forget`` (bookkeeping) are no process
+  actions and are not counted; the event record shows them.
+"""
+
+from reconciler.metrics.collector import ReconcilerCollector
+from reconciler.metrics.constants import ACTIONS, RESULTS
+from reconciler.metrics.families import (
+    SPEC_VALID,
+    STATE,
+    OneHotFamily,
+    SeriesFamily,
+    encode,
+)
+from reconciler.metrics.server import MetricsServer, parse_address
+
+__all__ = [
+    "ACTIONS",
+    "RESULTS",
+    "SPEC_VALID",
+    "STATE",
+    "MetricsServer",
+    "OneHotFamily",
+    "ReconcilerCollector",
+    "SeriesFamily",
+    "encode",
+    "parse_address",
+]

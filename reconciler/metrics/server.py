@@ -1,0 +1,134 @@
+"""``MetricsServer``: ``/metrics``, ``/healthz`` and ``/readyz`` on the read-only TCP listener."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+
+from reconciler.errors import InvalidSpec, Io
+from reconciler.loop import Reconciler
+from reconciler.metrics.collector import ReconcilerCollector
+from reconciler.metrics.constants import SLOW_SCRAPE_SECONDS
+from reconciler.metrics.families import encode
+
+log = logging.getLogger("reconciler.metrics")
+
+# -- the listener ---------------------------------------------------------------------
+
+
+def parse_address(address: str) -> tuple[str | None, int]:
+    """``HOST:PORT`` (``[::1]:9184`` for IPv6; an empty host: every interface)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise InvalidSpec(f"metrics_address {address!r}: expected HOST:PORT")
+    host = host.removeprefix("[").removesuffix("]")
+    return (host or None), int(port)
+
+
+class MetricsServer:
+    """The read-only metrics listener of DESIGN §8: ``/metrics``, ``/healthz``, ``/readyz``.
+
+    Everything runs in the event loop thread: a scrape reads in-memory state
+    and ``/proc``, and costs the loop nothing between scrapes.
+    """
+
+    def __init__(self, reconciler: Reconciler, *, address: str) -> None:
+        self.reconciler = reconciler
+        self.address = address
+        self.host, self.port = parse_address(address)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = ReconcilerCollector(reconciler)
+        self.registry.register(self.collector)
+        self.last_scrape_seconds = 0.0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> tuple[str, int]:
+        """Listen; return the bound host and port (the port picked when 0)."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise Io(f"cannot listen on {self.address}: {exc.strerror or exc}") from exc
+        self._runner = runner
+        sockname = runner.addresses[0]
+        host, port = str(sockname[0]), int(sockname[1])
+        log.info(
+            "metrics on http://%s/metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        )
+        return host, port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    def scrape(self) -> bytes:
+        """The exposition of the registry now (what ``GET /metrics`` returns)."""
+        started = time.perf_counter()
+        # A scrape allocates tens of thousands of short-lived objects at 1000
+        # collectors; collecting them mid-scrape only adds to its latency, so
+        # the collector waits until the scrape is done (same work, later).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            body = encode(self.registry)
+        finally:
+            if collecting:
+                gc.enable()
+        self.last_scrape_seconds = elapsed = time.perf_counter() - started
+        if elapsed > SLOW_SCRAPE_SECONDS:
+            log.warning("a metrics scrape took %.2f s in the event loop", elapsed)
+        return body
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        response = web.Response(body=self.scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # Gzip when the scraper asks (Prometheus does); aiohttp compresses a
+        # body this large in an executor thread, off the event loop.
+        response.enable_compression()
+        return response
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if self.loop_alive():
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="reconcile loop not running\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self.reconciler.ready.is_set():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="first reconcile not done\n")
+
+    def loop_alive(self) -> bool:
+        """Whether the reconcile loop is running (passing, or waiting to be woken).
+
+        Not "passed recently": the loop only runs a pass when something may
+        differ, and may rightly sleep for hours. A pass is synchronous, so a
+        loop stuck in one would block this handler too; what can go wrong is
+        ``run()`` having ended. ``Reconciler.alive`` says so where it exists;
+        else the loop's task is looked for among the event loop's tasks.
+        """
+        alive = getattr(self.reconciler, "alive", None)
+        if alive is not None:
+            return bool(alive() if callable(alive) else alive)
+        run_code = Reconciler.run.__code__
+        for task in asyncio.all_tasks():
+            coro = task.get_coro()
+            frame = getattr(coro, "cr_frame", None)
+            if (
+                getattr(coro, "cr_code", None) is run_code
+                and frame is not None
+                and frame.f_locals.get("self") is self.reconciler
+            ):
+                return True
+        return False

@@ -34,7 +34,8 @@ from reconciler.plan.planner import Desired, Observed, Override, converged
 from reconciler.process import Applied, CollectorProcessManager, ManagerEvent
 from reconciler.process.logs import rotate_all
 from reconciler.source import SpecSnapshot, SpecSource
-from reconciler.spec.load import collector_id_from_filename, parse_spec, process_hash, spec_hash
+from reconciler.spec.identity import process_hash, spec_hash
+from reconciler.spec.load import collector_id_from_filename, parse_spec
 from reconciler.spec.models import CollectorConfig, CollectorSpec
 from reconciler.state import CollectorState, CollectorStatus, DesiredState
 

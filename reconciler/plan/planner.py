@@ -44,7 +44,7 @@ from reconciler.plan.actions import (
     Wait,
 )
 from reconciler.plan.policy import NoRestart, RestartAfter, RestartPolicy, decide_restart
-from reconciler.spec.load import PROCESS_IDENTITY_KEYS
+from reconciler.spec.identity import PROCESS_IDENTITY_KEYS
 from reconciler.spec.models import CollectorSpec, ProcessManagerConfig
 from reconciler.state import CollectorState, DesiredState
 

@@ -31,7 +31,7 @@ from reconciler.process.events import ManagerEvent
 from reconciler.process.executor import Executor
 from reconciler.process.posix import PosixDriver
 from reconciler.process.records import Applied, CollectorRecord
-from reconciler.spec.load import process_hash, spec_hash
+from reconciler.spec.identity import process_hash, spec_hash
 from reconciler.spec.models import (
     CollectorConfig,
     CollectorSpec,

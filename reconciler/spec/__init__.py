@@ -24,19 +24,17 @@ __all__ = [
     "ResourceLimits",
 ]
 
+from reconciler.spec.identity import PROCESS_IDENTITY_KEYS, process_hash, spec_hash
 from reconciler.spec.load import (
-    PROCESS_IDENTITY_KEYS,
     SPEC_SUFFIX,
     collector_id_from_filename,
     is_ignored_filename,
     is_spec_filename,
-    json_schema,
     parse_manager_config,
     parse_spec,
-    process_hash,
-    spec_hash,
     starter_spec,
 )
+from reconciler.spec.schema import json_schema
 
 __all__ += [
     "PROCESS_IDENTITY_KEYS",

@@ -7,7 +7,7 @@ driver; the controller runs plan -> execute; ``CollectorProcessManager`` is
 the library API over both. No restart policy lives in this layer.
 """
 
-from reconciler.process.clock import Clock, ManualClock
+from reconciler.process.clock import Clock, ManualClock, settle
 from reconciler.process.driver import Launch, ProbeResult, ProcessDriver, Run, RunIdentity
 from reconciler.process.events import ManagerEvent, describe_exit
 from reconciler.process.fake import FakeDriver
@@ -31,4 +31,5 @@ __all__ = [
     "RunIdentity",
     "describe_exit",
     "process_start_ticks",
+    "settle",
 ]

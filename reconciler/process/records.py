@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from reconciler.plan.health import HealthFacts, health
 from reconciler.plan.planner import Exit, Observed
 from reconciler.process.driver import Run
 from reconciler.spec.models import CollectorConfig, CollectorSpec
 from reconciler.state import (
-    PROCESS_STATES,
-    TRANSITIONAL_STATES,
     CollectorState,
     CollectorStatus,
     DesiredState,
@@ -77,27 +76,20 @@ class CollectorRecord:
         )
 
     def health(self) -> HealthStatus:
-        """DESIGN §4: from the state, the desired state and the last probe results."""
-        state, run = self.state, self.run
-        check = self.config.health_check
-        if state == CollectorState.FAILED:
-            return HealthStatus.UNHEALTHY
-        if run is not None and check is not None and self.probe_failures >= check.failure_threshold:
-            return HealthStatus.UNHEALTHY
-        if state in TRANSITIONAL_STATES or self.exit is not None:
-            return HealthStatus.DEGRADED
-        if state.value != self.desired.value:
-            return HealthStatus.DEGRADED
-        if state in PROCESS_STATES and run is not None:
-            # The exit future is the kernel's word on liveness: no /proc read needed.
-            if run.exited.done():
-                return HealthStatus.DEGRADED
-            if check is not None and state == CollectorState.RUNNING:
-                if self.probe_failures > 0:
-                    return HealthStatus.DEGRADED
-                if self.probe_passed is None:
-                    return HealthStatus.UNKNOWN
-        return HealthStatus.HEALTHY
+        """DESIGN §4, decided by ``reconciler.plan.health`` from this record's facts."""
+        run, check = self.run, self.config.health_check
+        return health(
+            HealthFacts(
+                state=self.state,
+                desired=self.desired,
+                has_process=run is not None,
+                process_exited=run is not None and run.exited.done(),
+                awaiting_restart=self.exit is not None,
+                failure_threshold=check.failure_threshold if check is not None else None,
+                probe_failures=self.probe_failures,
+                probe_passed=self.probe_passed,
+            )
+        )
 
     def status(self, now: float) -> CollectorStatus:
         run = self.run

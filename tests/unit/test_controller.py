@@ -307,20 +307,19 @@ async def test_stops_of_a_pass_come_before_its_starts(loop: Loop) -> None:
 
 
 async def test_an_embedder_gets_auto_restart_from_the_facade_alone() -> None:
-    """The library API without a reconcile loop: the same plan() restarts it."""
+    """The README's FakeDriver example, step by step: the library API without a loop."""
     clock = ManualClock()
     driver = FakeDriver(clock=clock)
-    manager = CollectorProcessManager(CONFIG, driver=driver)
+    manager = CollectorProcessManager(ProcessManagerConfig(), driver=driver)
     try:
         await manager.start_collector("web", "web", CollectorConfig(binary_path="/bin/web"))
         driver.exit("web", 1)
-        await settle()
         await settle()
         assert manager.status("web").state == S.RUNNING and driver.spawned["web"] == 2
         driver.exit("web", 1)
         await settle()
         assert manager.status("web").state == S.BACKOFF
         await clock.advance(1.0)
-        assert manager.status("web").state == S.RUNNING
+        assert manager.status("web").state == S.RUNNING and driver.spawned["web"] == 3
     finally:
         await manager.shutdown_all()

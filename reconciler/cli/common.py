@@ -11,6 +11,10 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
+SPEC_SUFFIX = ".toml"
+"""``reconciler.spec.SPEC_SUFFIX``, here so that building the parser imports no pydantic
+(a test keeps the two equal)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Subcommand:

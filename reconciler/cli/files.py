@@ -9,16 +9,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from reconciler.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, plural
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, SPEC_SUFFIX, plural
 from reconciler.errors import InvalidSpec
-from reconciler.spec import (
-    SPEC_SUFFIX,
-    is_ignored_filename,
-    json_schema,
-    parse_manager_config,
-    parse_spec,
-    starter_spec,
-)
 
 # --- validate -------------------------------------------------------------------------
 
@@ -69,6 +61,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _check_config(path: Path) -> tuple[str, list[str]]:
+    from reconciler.spec import parse_manager_config
+
     try:
         parse_manager_config(path.read_bytes(), filename=str(path))
     except OSError as exc:
@@ -80,6 +74,8 @@ def _check_config(path: Path) -> tuple[str, list[str]]:
 
 def _check_paths(paths: list[str]) -> Iterator[tuple[str, list[str]]]:
     """(file as shown, its problems) for every spec file the paths name."""
+    from reconciler.spec import is_ignored_filename
+
     for path in paths:
         if not Path(path).is_dir():
             yield path, _check_file(path)
@@ -99,6 +95,8 @@ def _check_paths(paths: list[str]) -> Iterator[tuple[str, list[str]]]:
 
 
 def _check_file(path: str) -> list[str]:
+    from reconciler.spec import is_ignored_filename, parse_spec
+
     name = os.path.basename(path)
     if is_ignored_filename(name):
         # Named on the command line, but the reconciler would never load it.
@@ -122,6 +120,8 @@ def _check_file(path: str) -> list[str]:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of spec files."""
+    from reconciler.spec import json_schema
+
     del args
     print(json.dumps(json_schema(), indent=2))
     return EXIT_OK
@@ -146,6 +146,8 @@ def _new_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_new(args: argparse.Namespace) -> int:
     """Write a valid starter spec to stdout or a file."""
+    from reconciler.spec import starter_spec
+
     text = starter_spec(
         args.id, collector_type=args.type, binary_path=args.binary, args=args.passthrough
     )

@@ -143,6 +143,38 @@ async def test_crash_restarts_at_once_then_backs_off_1_2_4_then_fails(loop: Loop
     assert loop.state("web") == S.FAILED and loop.driver.spawned["web"] == 4, "failed stays failed"
 
 
+async def test_backoff_doubles_to_its_cap_and_gives_up_after_max_restarts() -> None:
+    """Moved from the integration suite, where it waited 2.4 s of real time.
+
+    Initial 0.2 s, max 1 s, max_restarts 5: restarts at +0, +0.2, +0.4, +0.8, +1.0
+    after each crash (less at most 10 % jitter), four of them through backoff.
+    """
+    config = CONFIG.model_copy(
+        update={"restart_backoff_initial_seconds": 0.2, "restart_backoff_max_seconds": 1.0}
+    )
+    loop = Loop(config)
+    await loop.start()
+    try:
+        await loop.put("web", desired(max_restarts=5))
+        delays = []
+        for _ in range(6):
+            crashed_at = loop.clock.now()
+            await loop.crash("web")
+            await loop.clock.advance(1.0)
+            restarted_at = loop.start_times["web"][-1]
+            if restarted_at >= crashed_at:
+                delays.append(restarted_at - crashed_at)
+        assert len(delays) == 5, delays
+        for delay, base in zip(delays, [0.0, 0.2, 0.4, 0.8, 1.0], strict=True):
+            assert base * 0.9 - 1e-9 <= delay <= base + 1e-9, delays
+        assert loop.kinds("web").count("backoff") == 4
+        status = loop.manager.status("web")
+        assert status.state == S.FAILED and status.restart_count == 5
+        assert "gave up after 5 consecutive restarts" in (status.last_error or "")
+    finally:
+        await loop.close()
+
+
 async def test_a_stable_run_ends_the_series(loop: Loop) -> None:
     await loop.put("web", desired())
     await loop.crash("web")

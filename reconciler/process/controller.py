@@ -1,9 +1,13 @@
 """The controller: wake -> ``plan()`` -> execute, level-triggered, with one timer.
 
-Each pass reads the whole desired state (from whoever drives the controller:
-the reconcile loop's spec snapshot, or the library façade's own calls) and the
-whole observed state (the executor's records), asks the pure planner what to
-do, and runs each action in a task of its own. A plan's stops run first and
+Each pass reads the desired state (from whoever drives the controller: the
+reconcile loop's spec snapshot, or the library façade's own calls) and the
+observed state (the executor's records) of every collector that may differ,
+asks the pure planner what to do, and runs each action in a task of its own.
+As controller-runtime queues keys, not events: an exit, a probe result or the
+end of an action marks its own collector for the next pass; a new spec
+snapshot or a config reload marks all of them. So a crash among a thousand
+collectors costs a pass over one, not a thousand. A plan's stops run first and
 its starts wait for them (stop before start), so a collector that takes over
 another's port starts once the port is free. One collector has at most one
 action in flight; its next pass waits until that ends. ``Wait`` actions arm
@@ -24,6 +28,7 @@ from reconciler.plan.actions import FREEING_ACTIONS, Action, GiveUp, Wait, kind
 from reconciler.plan.planner import Desired, Override, plan
 from reconciler.process.clock import Cancellable
 from reconciler.process.executor import Executor, Stale
+from reconciler.process.records import CollectorRecord
 
 log = logging.getLogger("reconciler.loop")
 
@@ -63,7 +68,11 @@ class Controller:
         self._holding = False
         self._timer: Cancellable | None = None
         self._timer_at: float | None = None
-        executor.add_listener(lambda _event: self.wake())
+        self._all_dirty = True
+        self._dirty: set[str] = set()
+        self._waits: dict[str, float] = {}
+        """Each backing-off collector's ``Wait.until``: the timer is at the earliest."""
+        executor.add_listener(lambda event: self.wake(event.collector_id))
 
     def drive(
         self,
@@ -74,8 +83,12 @@ class Controller:
         """Take the desired state from elsewhere (the reconcile loop), which then calls ``run``."""
         self._desired, self._overrides, self.driven = desired, overrides, True
 
-    def wake(self) -> None:
-        """Something may differ: look again."""
+    def wake(self, collector_id: str | None = None) -> None:
+        """Something may differ (for one collector, or any): look again."""
+        if collector_id is None:
+            self._all_dirty = True
+        else:
+            self._dirty.add(collector_id)
         self._wake.set()
 
     def plan(self) -> list[Action]:
@@ -109,6 +122,7 @@ class Controller:
     async def run(self, *, on_pass: Callable[[], None] | None = None) -> None:
         """Plan and execute until ``hold()``; ``on_pass`` after each pass."""
         self._holding = False
+        self._all_dirty = True
         while not self._holding:
             self._wake.clear()
             self.run_pass()
@@ -120,10 +134,10 @@ class Controller:
 
     def run_pass(self) -> None:
         started = time.perf_counter()
-        generations = self.executor.generations()
+        actions = self._plan_dirty()
+        records = self.executor.records
         freeing: list[asyncio.Task[None]] = []
-        waits: list[float] = []
-        for action in self.plan():
+        for action in actions:
             collector_id = action.collector_id
             if collector_id in self.busy:
                 continue  # re-planned from the newest state once its action ends
@@ -132,21 +146,39 @@ class Controller:
                 if record is not None and not record.lock.locked():
                     self.executor.note(action)
                     if isinstance(action, Wait):
-                        waits.append(action.until)
+                        self._waits[collector_id] = action.until
                 continue
             after = [] if isinstance(action, FREEING_ACTIONS) else list(freeing)
             task = asyncio.create_task(
-                self._execute(action, generations.get(collector_id), after),
+                self._execute(action, _generation(records.get(collector_id)), after),
                 name=f"{type(action).__name__} {collector_id}",
             )
             self.busy[collector_id] = task
             if isinstance(action, FREEING_ACTIONS):
                 freeing.append(task)
-        self._arm_timer(min(waits, default=None))
+        self._arm_timer(min(self._waits.values(), default=None))
         self.last_pass_duration_seconds = time.perf_counter() - started
         self.passes += 1
         for listener in self.pass_listeners:
             listener(self.last_pass_duration_seconds)
+
+    def _plan_dirty(self) -> list[Action]:
+        """Plan the collectors marked since the last pass (all of them after a snapshot)."""
+        if self._all_dirty:
+            self._all_dirty, self._dirty = False, set()
+            self._waits.clear()
+            return self.plan()
+        dirty, self._dirty = self._dirty, set()
+        for collector_id in dirty:
+            self._waits.pop(collector_id, None)
+        desired, overrides = self._desired(), self._overrides()
+        return plan(
+            {cid: desired[cid] for cid in dirty if cid in desired},
+            self.executor.observed(dirty),
+            self.clock.now(),
+            overrides={cid: overrides[cid] for cid in dirty if cid in overrides},
+            defaults=self.executor.config,
+        )
 
     def _arm_timer(self, deadline: float | None) -> None:
         if deadline == self._timer_at:
@@ -158,7 +190,10 @@ class Controller:
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, None
-        self.wake()
+        now = self.clock.now()
+        for collector_id, until in list(self._waits.items()):
+            if until <= now:
+                self.wake(collector_id)
 
     async def hold(self) -> None:
         """Stop planning; let the actions in flight finish."""
@@ -194,7 +229,7 @@ class Controller:
             if result is not None:
                 for listener in self.action_listeners:
                     listener(name, result)
-            self.wake()
+            self.wake(collector_id)
 
     def _began(self, action: Action) -> None:
         for listener in self.begin_listeners:
@@ -213,7 +248,11 @@ class Controller:
                 done.set_exception(exc)
             finally:
                 self.busy.pop(collector_id, None)
-                self.wake()
+                self.wake(collector_id)
 
         self.busy[collector_id] = asyncio.create_task(run())
         return await done
+
+
+def _generation(record: CollectorRecord | None) -> int | None:
+    return record.generation if record is not None else None

@@ -139,11 +139,11 @@ class Executor:
             self.records[collector_id] = record
         return record
 
-    def observed(self) -> dict[str, Observed]:
-        return {cid: record.observe() for cid, record in self.records.items()}
-
-    def generations(self) -> dict[str, int]:
-        return {cid: record.generation for cid, record in self.records.items()}
+    def observed(self, only: set[str] | None = None) -> dict[str, Observed]:
+        records = self.records
+        if only is None:
+            return {cid: record.observe() for cid, record in records.items()}
+        return {cid: records[cid].observe() for cid in only if cid in records}
 
     def status(self, collector_id: str) -> CollectorStatus:
         return self.get(collector_id).status(self.clock.now())

@@ -391,6 +391,8 @@ async def test_slow_stop_does_not_delay_another_collector(harness: Harness) -> N
     write(harness.specs / "fast.toml", spec_text())
     await harness.running("fast")
     assert loop.time() - started < 2.0, "a slow graceful stop delayed another collector's start"
+    await harness.manager.stop_collector("slow", graceful=False)  # no need to wait out 5 s
+    await eventually(lambda: "slow" not in harness.manager.collector_ids())
 
 
 PORT_HOLDER = """\

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from reconciler import CollectorConfig, CollectorProcessManager, ManagerEvent, ProcessManagerConfig
 from reconciler.process.cgroup import _unified_mount
-from tests.support import MARK_ENV, SESSION_MARK, marked_pids
+from tests.support import DAEMON_TREES, MARK_ENV, SESSION_MARK, marked_pids
 
 
 def collector(*argv: str, **overrides: Any) -> CollectorConfig:
@@ -82,10 +83,20 @@ async def manager(
 
 
 def _cgroup_trees() -> set[Path]:
+    """Trees this session's managers and daemons may leave: never another session's.
+
+    Two test sessions on one machine (or a real reconciler) must not clean
+    each other's trees up while they are in use.
+    """
     mount = _unified_mount()
     if mount is None:
         return set()
-    return {path for path in mount.glob("reconciler-*") if path.is_dir()}
+    ours = re.compile(rf"reconciler-{os.getpid()}-\d+")
+    return {
+        path
+        for path in mount.glob("reconciler-*")
+        if path.is_dir() and (ours.fullmatch(path.name) or path.name in DAEMON_TREES)
+    }
 
 
 def _remove_tree(tree: Path) -> list[int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import subprocess
 import sys
@@ -91,6 +92,15 @@ RECONCILER = str(Path(sys.executable).with_name("reconciler"))
 """The console script, as a user runs it."""
 
 
+DAEMON_TREES: set[str] = set()
+"""cgroup trees of the daemons this test session started (``reconciler-<hash of state dir>``)."""
+
+
+def daemon_tree_name(state: Path) -> str:
+    """The cgroup tree a daemon on this state dir uses (as ``reconciler.daemon`` names it)."""
+    return "reconciler-" + hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:12]
+
+
 def start_daemon(
     *,
     specs: Path,
@@ -100,6 +110,7 @@ def start_daemon(
     extra: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """``reconciler run`` on its own spec dir, state dir and socket; stderr to a file."""
+    DAEMON_TREES.add(daemon_tree_name(state))
     with stderr_path.open("wb") as stderr:
         return subprocess.Popen(
             [

@@ -132,6 +132,7 @@ def view_to_json(view: CollectorView) -> dict[str, Any]:
         "consecutive_restarts": status.consecutive_restarts if status else 0,
         "last_exit_code": status.last_exit_code if status else None,
         "last_error": status.last_error if status else None,
+        "last_error_code": status.last_error_code if status else None,
         "backoff_seconds": round(status.backoff_seconds, 3) if status else 0.0,
         "probe_failures": status.probe_failures if status else 0,
         "spec_file": view.spec_file,

@@ -151,7 +151,8 @@ class Daemon:
             log_dir=self.log_dir,
             log_max_bytes=settings.log_max_bytes,
             log_backups=settings.log_backups,
-            on_overrides_changed=lambda _: self._state_changed(),
+            # An operator action is answered only once it is on disk (fsync'd).
+            on_overrides_changed=lambda _: self._save_state(),
         )
         self.stop_requested = asyncio.Event()
         self._save_handle: asyncio.TimerHandle | None = None
@@ -238,7 +239,9 @@ class Daemon:
         return SavedState(overrides=dict(self.reconciler.overrides), collectors=collectors)
 
     def _save_state(self) -> None:
-        self._save_handle = None
+        if self._save_handle is not None:
+            self._save_handle.cancel()  # this write covers what it would have written
+            self._save_handle = None
         try:
             save_state(self.state_path, self.saved_state())
         except OSError as exc:

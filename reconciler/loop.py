@@ -184,9 +184,9 @@ class Reconciler:
 
     # -- triggers ---------------------------------------------------------------
 
-    def wake(self) -> None:
-        """Something may differ: look again."""
-        self.controller.wake()
+    def wake(self, collector_id: str | None = None) -> None:
+        """Something may differ (for one collector, or any): look again."""
+        self.controller.wake(collector_id)
 
     def _on_manager_event(self, event: ManagerEvent) -> None:
         self.events.append(Event(event.wall_time, event.collector_id, event.kind, event.message))
@@ -266,12 +266,29 @@ class Reconciler:
                 log.info("rotated %s", path)
 
     def desired(self) -> dict[str, Desired]:
-        """The desired state, rebuilt only when a new snapshot arrived."""
+        """The desired state: the snapshot's specs, plus last-known-good for invalid files.
+
+        A collector whose file exists but does not validate keeps the spec it
+        runs (DESIGN §2) — also when that spec is known only from the state
+        file, after a reconciler restart: only a file that is gone stops it.
+        """
         snapshot = self.snapshot
         if self._desired_for is not snapshot:
             self._desired = desired_from(snapshot)
             self._desired_for = snapshot
-        return self._desired
+        if not snapshot.problems:
+            return self._desired
+        kept = {}
+        records = self.manager.executor.records
+        for problem in snapshot.problems.values():
+            collector_id = problem.collector_id
+            if collector_id is None or collector_id in self._desired:
+                continue
+            record = records.get(collector_id)
+            if record is not None and record.applied is not None:
+                applied = record.applied
+                kept[collector_id] = Desired(applied.spec, applied.spec_hash, applied.process_hash)
+        return {**self._desired, **kept} if kept else self._desired
 
     def observed(self) -> dict[str, Observed]:
         return self.manager.executor.observed()
@@ -282,11 +299,11 @@ class Reconciler:
 
     def _expire_overrides(self) -> None:
         """An override ends when its collector's spec changes or the file goes."""
-        specs = self.snapshot.specs
+        desired = self.desired()
         expired = [
             collector_id
             for collector_id, override in self.overrides.items()
-            if collector_id not in specs or specs[collector_id].spec_hash != override.spec_hash
+            if collector_id not in desired or desired[collector_id].spec_hash != override.spec_hash
         ]
         for collector_id in expired:
             del self.overrides[collector_id]
@@ -323,13 +340,26 @@ class Reconciler:
         return Desired(loaded.spec, loaded.spec_hash, loaded.process_hash)
 
     async def operator_override(self, collector_id: str, action: DesiredState) -> None:
-        """Pause or resume by operator: an override that holds until the spec changes."""
+        """Pause or resume by operator: an override that holds until the spec changes.
+
+        The opposite action ends an override: a resume that only undoes a pause
+        (the spec says ``running``) leaves none behind (DESIGN §7). Persisted
+        through ``on_overrides_changed`` before this returns.
+        """
         desired = self._require_spec(collector_id)
         verb = "paused" if action == DesiredState.PAUSED else "resumed"
-        self.overrides[collector_id] = Override(action, desired.spec_hash, f"{verb} by operator")
-        self.record(collector_id, "override", f"{verb} by operator")
+        if action == desired.spec.state:
+            if self.overrides.pop(collector_id, None) is not None:
+                self.record(
+                    collector_id, "override", f"operator override ended: {verb} by operator"
+                )
+        else:
+            self.overrides[collector_id] = Override(
+                action, desired.spec_hash, f"{verb} by operator"
+            )
+            self.record(collector_id, "override", f"{verb} by operator")
         self._overrides_changed()
-        self.wake()
+        self.wake(collector_id)
 
     async def operator_restart(self, collector_id: str) -> int:
         """Graceful restart now, serialised with the collector's other actions."""

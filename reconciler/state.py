@@ -77,3 +77,5 @@ class CollectorStatus:
     """Delay left before the next automatic restart (0 when none is pending)."""
     probe_failures: int
     """Consecutive failed health probes."""
+    last_error_code: str | None = None
+    """The stable code (DESIGN §5) of ``last_error`` when it has one (``SPAWN_FAILED``, ...)."""

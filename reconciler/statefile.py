@@ -114,15 +114,15 @@ def load_state(path: Path) -> SavedState:
     starting fresh costs at worst a restart of each collector, never a crash loop.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return SavedState()
     except OSError as exc:
         log.error("cannot read state file %s: %s; starting without it", path, exc.strerror)
         return SavedState()
     try:
-        return loads(text)
-    except ValueError as exc:
+        return loads(data.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError included
         aside = path.with_name(path.name + ".corrupt")
         log.error("state file %s is unusable (%s); moved to %s", path, exc, aside)
         with contextlib.suppress(OSError):

@@ -79,6 +79,10 @@ def _status_row(collector: dict[str, Any]) -> list[str]:
     if collector["spec"] is None and collector["spec_error"]:
         desired = "-"  # no valid version of its file yet: nothing is desired
     error = collector["spec_error"] or collector["last_error"] or ""
+    if error and not collector["spec_error"] and collector.get("last_error_code"):
+        error = f"{collector['last_error_code']}: {error}"
+    elif collector["spec_error"]:
+        error = f"INVALID_SPEC: {error}"
     return [
         collector["id"],
         collector["type"] or "-",
@@ -141,7 +145,9 @@ def format_status_detail(collector: dict[str, Any], events: list[dict[str, Any]]
     if collector["last_exit_code"] is not None:
         facts.append(("last exit", _exit_text(collector["last_exit_code"])))
     if collector["last_error"]:
-        facts.append(("last error", one_line(collector["last_error"])))
+        code = collector.get("last_error_code")
+        prefix = f"{code}: " if code else ""
+        facts.append(("last error", prefix + one_line(collector["last_error"])))
     if collector["backoff_seconds"]:
         facts.append(("next restart", f"in {collector['backoff_seconds']:.1f} s"))
     if collector["probe_failures"]:

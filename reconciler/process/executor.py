@@ -215,7 +215,7 @@ class Executor:
         record.gave_up = True
         record.backoff_until = None
         if action.exhausted:
-            record.last_error = action.reason
+            record.error(action.reason, record.last_error_code)
         self.emit(record, "stopped" if action.clean else "failed", action.reason)
 
     async def _start_action(self, action: Start | Restart, record: CollectorRecord | None) -> None:
@@ -257,7 +257,7 @@ class Executor:
             self.emit(record, "unhealthy", f"{action.reason}; stopping it")
             await self.stop_locked(record, graceful=True, timeout=None)
             now = self.clock.now()
-            record.last_error = action.reason
+            record.error(action.reason)
             record.exit = Exit(now, action.reason, now - run.started_at)
             record.changed()
             return
@@ -283,7 +283,7 @@ class Executor:
         except SpawnFailed as exc:
             description = f"failed to start: {exc.message}"
             record.state = CollectorState.STOPPED
-            record.last_error = exc.message
+            record.error(exc.message, exc.code)
             # As supervisord's BACKOFF -> FATAL: the planner retries it under the policy.
             record.exit = Exit(self.clock.now(), description, 0.0)
             self.emit(record, "spawn_failed", description)
@@ -354,7 +354,7 @@ class Executor:
             now = self.clock.now()
             description = describe_exit(code)
             record.last_exit_code = code
-            record.last_error = description
+            record.error(description)
             record.state = CollectorState.STOPPED
             record.exit = Exit(now, description, now - run.started_at, clean=code == 0)
             self.emit(record, "exited", description)
@@ -418,7 +418,7 @@ class Executor:
             code = await asyncio.shield(task)
         except TerminateFailed as exc:
             record.state = CollectorState.FAILED
-            record.last_error = exc.message
+            record.error(exc.message, exc.code)
             self.emit(record, "failed", exc.message, forced=True)
             raise
         finally:
@@ -478,9 +478,6 @@ class Executor:
             else (CollectorState.RUNNING, CollectorState.PAUSED)
         )
         desired = DesiredState(wanted.value)
-        if record.state == wanted:
-            record.desired = desired
-            return
         run = record.run
         if record.state != source or run is None:
             verb = "pause" if pause else "resume"

@@ -46,6 +46,7 @@ class CollectorRecord:
     consecutive_restarts: int = 0
     last_exit_code: int | None = None
     last_error: str | None = None
+    last_error_code: str | None = None
     exit: Exit | None = None
     gave_up: bool = False
     backoff_until: float | None = None
@@ -60,6 +61,10 @@ class CollectorRecord:
 
     def changed(self) -> None:
         self.generation += 1
+
+    def error(self, message: str, code: str | None = None) -> None:
+        """Record the last error, with its DESIGN §5 code where it has one."""
+        self.last_error, self.last_error_code = message, code
 
     def observe(self) -> Observed:
         applied = self.applied
@@ -109,6 +114,7 @@ class CollectorRecord:
             consecutive_restarts=self.consecutive_restarts,
             last_exit_code=self.last_exit_code,
             last_error=self.last_error,
+            last_error_code=self.last_error_code,
             backoff_seconds=backoff,
             probe_failures=self.probe_failures if run is not None else 0,
         )

@@ -149,7 +149,7 @@ def test_status_cuts_long_errors_to_the_terminal_width(daemon: Daemon) -> None:
     wait_for(lambda: daemon.state_of("broken") == "failed", message="broken failed")
     header, row = daemon.cli("status", columns=100).stdout.splitlines()
     assert row.endswith("...") and len(row) <= 100
-    assert row.index("failed to start: binary") == columns_of(header)[-1]
+    assert row.index("SPAWN_FAILED: failed to") == columns_of(header)[-1]
 
 
 def test_status_json_and_detail(daemon: Daemon) -> None:

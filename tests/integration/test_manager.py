@@ -155,11 +155,16 @@ async def test_pause_and_resume_where_they_do_not_apply(
         assert exc.value.code == "INVALID_STATE" and "it is stopped" in exc.value.message
 
 
-async def test_pause_and_resume_are_idempotent(manager: CollectorProcessManager) -> None:
+async def test_pause_of_a_paused_and_resume_of_a_running_collector_are_invalid(
+    manager: CollectorProcessManager,
+) -> None:
+    """The seed's own example of INVALID_STATE: "resume when not paused"."""
     pid = await manager.start_collector("a", "sleep", collector(*SLEEPER))
-    await manager.resume_collector("a")
+    with pytest.raises(InvalidState, match="cannot resume collector 'a': it is running"):
+        await manager.resume_collector("a")
     await manager.pause_collector("a")
-    await manager.pause_collector("a")
+    with pytest.raises(InvalidState, match="cannot pause collector 'a': it is paused"):
+        await manager.pause_collector("a")
     assert kernel_state(pid) == "T"
 
 

@@ -238,6 +238,9 @@ class Daemon:
             )
         return SavedState(overrides=dict(self.reconciler.overrides), collectors=collectors)
 
+    def _state_file_error(self, _reason: str) -> None:
+        self.reconciler.state_file_errors += 1
+
     def _save_state(self) -> None:
         if self._save_handle is not None:
             self._save_handle.cancel()  # this write covers what it would have written
@@ -245,6 +248,7 @@ class Daemon:
         try:
             save_state(self.state_path, self.saved_state())
         except OSError as exc:
+            self.reconciler.state_file_errors += 1
             log.error("cannot write state file %s: %s", self.state_path, exc)
 
     async def adopt(self, saved: SavedState) -> None:
@@ -286,7 +290,7 @@ class Daemon:
             log.error("%s: %s", exc.code, exc.message)
             await self._stop_servers()
             return 1
-        await self.adopt(load_state(self.state_path))
+        await self.adopt(load_state(self.state_path, on_error=self._state_file_error))
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")

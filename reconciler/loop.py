@@ -147,6 +147,8 @@ class Reconciler:
         self.ready = asyncio.Event()
         self.alive = False
         """True while ``run()`` is reconciling (``/healthz``)."""
+        self.state_file_errors = 0
+        """State files that could not be read or written (counted by the daemon)."""
         self._desired: dict[str, Desired] = {}
         self._desired_for: SpecSnapshot | None = None
         specs_dir = source.specs_dir

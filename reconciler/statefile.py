@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,24 +108,29 @@ def loads(text: str) -> SavedState:
     return SavedState(overrides=overrides, collectors=collectors)
 
 
-def load_state(path: Path) -> SavedState:
+def load_state(path: Path, *, on_error: Callable[[str], None] | None = None) -> SavedState:
     """The saved state, or an empty one if there is none or it is unreadable.
 
     An unreadable file is kept aside as ``state.toml.corrupt`` for inspection:
-    starting fresh costs at worst a restart of each collector, never a crash loop.
+    starting fresh costs at worst a restart of each collector, never a crash loop
+    (the processes left in the collectors' cgroups are still found and killed).
+    ``on_error`` hears why, for the ``reconciler_state_file_errors_total`` metric.
     """
+    report = on_error or (lambda _reason: None)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return SavedState()
     except OSError as exc:
         log.error("cannot read state file %s: %s; starting without it", path, exc.strerror)
+        report(f"cannot read: {exc.strerror}")
         return SavedState()
     try:
         return loads(data.decode("utf-8"))
     except ValueError as exc:  # UnicodeDecodeError included
         aside = path.with_name(path.name + ".corrupt")
         log.error("state file %s is unusable (%s); moved to %s", path, exc, aside)
+        report(str(exc))
         with contextlib.suppress(OSError):
             os.replace(path, aside)
         return SavedState()

@@ -27,6 +27,7 @@ from reconciler.metrics.families import (
     SPECS,
     START_TIME,
     STATE,
+    STATE_FILE_ERRORS,
     UP,
     UPTIME,
     OneHotFamily,
@@ -112,9 +113,11 @@ class ReconcilerCollector(Collector):
         actions = SeriesFamily(ACTIONS_TOTAL)
         for (action, result), count in self._actions.items():
             actions.add((action, result), count)
+        state_errors = SeriesFamily(STATE_FILE_ERRORS)
+        state_errors.add((), reconciler.state_file_errors)
         build = SeriesFamily(BUILD_INFO)
         build.add((self.version,), 1)
-        return [*families, actions, build]
+        return [*families, actions, state_errors, build]
 
     def _collector_families(
         self, views: list[CollectorView], tree_pids: Mapping[str, list[int]]

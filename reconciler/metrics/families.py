@@ -143,6 +143,11 @@ ACTIONS_TOTAL = _Family(
     documentation="Actions on collectors, by action and result.",
     labels=("action", "result"),
 )
+STATE_FILE_ERRORS = _Family(
+    "reconciler_state_file_errors_total",
+    kind="counter",
+    documentation="State files that could not be read (and were moved aside) or written.",
+)
 BUILD_INFO = _Family(
     "reconciler_build_info",
     kind="gauge",

@@ -11,8 +11,10 @@ from __future__ import annotations
 # ruff: noqa: F811 - `daemons` is the fixture imported below, taken as an argument
 import http.client
 import json
+import re
 import socket
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -125,6 +127,12 @@ def test_a_state_file_that_is_not_utf8_is_moved_aside(
     wait_for(lambda: daemon.collectors(), message="started despite the state file")
     assert (state / "state.toml.corrupt").read_bytes().startswith(b"version = 1\n\xff")
     assert "unusable" in daemon.stderr
+    port = int(re.search(r"metrics on http://127.0.0.1:(\d+)", daemon.stderr).group(1))  # type: ignore[union-attr]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert "\nreconciler_state_file_errors_total 1.0\n" in metrics or (
+        "\nreconciler_state_file_errors_total 1\n" in metrics
+    ), metrics[-2000:]
 
 
 def test_status_carries_the_error_code(tmp_path: Path, daemons: list[Daemon]) -> None:

@@ -59,6 +59,7 @@ CONTRACT = {
     "reconciler_reconcile_duration_seconds": ("histogram", set()),
     "reconciler_actions_total": ("counter", {"action", "result"}),
     "reconciler_build_info": ("gauge", {"version"}),
+    "reconciler_state_file_errors_total": ("counter", set()),
 }
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

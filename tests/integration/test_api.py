@@ -7,6 +7,7 @@ socket's mode and ownership rules, and that env values never leave the daemon.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -575,3 +576,59 @@ async def test_plan_refuses_invalid_specs_and_bodies(api: Api) -> None:
     assert "web.toml: argz: unknown key" in answer["error"]["message"]
     answer = await api.post("/api/v1/plan", body={"files": ["web.toml"]}, expect=400)
     assert answer["error"]["code"] == "BAD_REQUEST"
+
+
+# -- hostile requests -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        pytest.param("GET", "/api/v1/collectors/..%2Fx", 404, "PROCESS_NOT_FOUND", id="dotdot"),
+        # The router normalises "%2e%2e" away: no collector route matches at all.
+        pytest.param("GET", "/api/v1/collectors/%2e%2e", 404, "NOT_FOUND", id="dots"),
+        pytest.param(
+            "GET", "/api/v1/collectors/" + "a" * 5000, 404, "PROCESS_NOT_FOUND", id="long"
+        ),
+        pytest.param("GET", "/api/v1/collectors/%00", 404, "PROCESS_NOT_FOUND", id="nul"),
+        pytest.param("POST", "/api/v1/collectors/%2e%2e/pause", 404, "NOT_FOUND", id="pause"),
+        pytest.param("GET", "/api/v1/nothing-here", 404, "NOT_FOUND", id="unknown-route"),
+        pytest.param("DELETE", "/api/v1/collectors", 405, "METHOD_NOT_ALLOWED", id="method"),
+        pytest.param("GET", "/api/v1/events?limit=-1", 400, "BAD_REQUEST", id="limit"),
+        pytest.param("GET", "/api/v1/collectors?rescan=maybe", 400, "BAD_REQUEST", id="flag"),
+    ],
+)
+async def test_hostile_requests_get_a_4xx_with_the_error_body(
+    api: Api, method: str, path: str, status: int, code: str
+) -> None:
+    async with api.session.request(method, path) as response:
+        text = await response.text()
+    assert response.status == status, text
+    body = json.loads(text)
+    assert body["error"]["code"] == code and set(body["error"]) == {"code", "category", "message"}
+    assert "Traceback" not in text
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"{not json", id="invalid-json"),
+        pytest.param(b"[1, 2]", id="a-list"),
+        pytest.param(b'{"files": {"x.toml": 1}}', id="not-text"),
+        pytest.param(b"\xff\xfe", id="not-utf8"),
+    ],
+)
+async def test_a_malformed_plan_body_is_bad_request(api: Api, data: bytes) -> None:
+    headers = {"Content-Type": "application/json"}
+    async with api.session.post("/api/v1/plan", data=data, headers=headers) as response:
+        text = await response.text()
+    assert response.status == 400, text
+    assert json.loads(text)["error"]["code"] == "BAD_REQUEST"
+
+
+async def test_an_oversized_body_is_refused_with_413(api: Api) -> None:
+    big = io.BytesIO(b'{"files": {"x.toml": "' + b"a" * (17 * 1024 * 1024) + b'"}}')
+    async with api.session.post("/api/v1/plan", data=big) as response:
+        text = await response.text()
+    assert response.status == 413, text
+    assert json.loads(text)["error"]["code"] == "BAD_REQUEST"

@@ -1,0 +1,289 @@
+"""The control API's routes: one handler each, and the middleware that makes every
+failure DESIGN §5's JSON error body."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from reconciler.api.constants import HTTP_ERRORS, RECHECK_SECONDS, RECONCILER_KEY, SERVER_KEY
+from reconciler.api.views import error_body, event_to_json, view_to_json
+from reconciler.errors import (
+    InvalidSpec,
+    InvalidState,
+    ReconcilerError,
+    Timeout,
+)
+from reconciler.loop import CollectorView, Reconciler
+from reconciler.spec.models import CollectorSpec
+from reconciler.state import CollectorState, DesiredState
+
+log = logging.getLogger("reconciler.api")
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+@web.middleware
+async def errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure becomes the JSON error body of DESIGN §5, never aiohttp's HTML page."""
+    try:
+        return await handler(request)
+    except ReconcilerError as exc:
+        body: dict[str, Any] = {"error": exc.to_dict()}
+        if isinstance(exc, InvalidSpec):
+            body["error"]["problems"] = exc.problems
+        return web.json_response(body, status=exc.http_status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # Only DESIGN §5's codes: any other client error is a bad request, any
+        # other server error internal (413 for an oversized body, say).
+        fallback = (
+            ("BAD_REQUEST", "Configuration") if exc.status < 500 else ("INTERNAL", "Internal")
+        )
+        code, category = HTTP_ERRORS.get(exc.status, fallback)
+        message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else None
+        message = message or f"{request.method} {request.path}: {exc.reason}"
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response(
+            error_body(code, category, message), status=exc.status, headers=allow
+        )
+    except Exception as exc:
+        log.exception("control API: %s %s failed", request.method, request.path)
+        # The exception's text stays in the log: it could quote anything, secrets included.
+        internal = ReconcilerError(
+            f"internal error ({type(exc).__name__}); the reconciler's log has the details"
+        )
+        return web.json_response({"error": internal.to_dict()}, status=internal.http_status)
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+def _reconciler(request: web.Request) -> Reconciler:
+    return request.app[RECONCILER_KEY]
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no", ""):
+        return False
+    raise web.HTTPBadRequest(text=f"{name}: must be true or false (got {value!r})")
+
+
+async def list_collectors(request: web.Request) -> web.Response:
+    reconciler = _reconciler(request)
+    if _flag(request, "rescan"):
+        await _rescan(reconciler)
+    return web.json_response(
+        {
+            "collectors": [view_to_json(view) for view in reconciler.views()],
+            "ready": reconciler.ready.is_set(),
+        }
+    )
+
+
+async def get_collector(request: web.Request) -> web.Response:
+    view = _reconciler(request).view(request.match_info["id"])
+    return web.json_response(view_to_json(view))
+
+
+async def restart(request: web.Request) -> web.Response:
+    reconciler = _reconciler(request)
+    collector_id = request.match_info["id"]
+    view = reconciler.view(collector_id)
+    _require_spec(view, "restart")
+    if view.desired == DesiredState.STOPPED:
+        raise InvalidState(
+            f"cannot restart {collector_id!r}: it is meant to be stopped "
+            '(its spec says state = "stopped"; change the spec to start it)'
+        )
+    if view.status is None:
+        raise InvalidState(f"cannot restart {collector_id!r}: it has not been started yet")
+    pid = await reconciler.operator_restart(collector_id)
+    # "pid" is the restart's own result, even if that process has already gone again.
+    return web.json_response({**view_to_json(reconciler.view(collector_id)), "pid": pid})
+
+
+async def pause(request: web.Request) -> web.Response:
+    return await _override(request, DesiredState.PAUSED)
+
+
+async def resume(request: web.Request) -> web.Response:
+    return await _override(request, DesiredState.RUNNING)
+
+
+def _require_spec(view: CollectorView, verb: str) -> CollectorSpec:
+    if view.spec is None:
+        why = f"no valid spec ({view.spec_error})" if view.spec_error else "its spec file is gone"
+        raise InvalidState(f"cannot {verb} {view.collector_id!r}: {why}")
+    return view.spec
+
+
+async def _override(request: web.Request, action: DesiredState) -> web.Response:
+    """Set a pause or resume override, then wait until the collector is there.
+
+    Refused (INVALID_STATE) where the override could never take effect: a
+    collector its spec stops (resume is the opposite of pause, not a start)
+    or one that has failed (that takes ``restart`` or a spec change).
+    """
+    reconciler = _reconciler(request)
+    server = request.app[SERVER_KEY]
+    collector_id = request.match_info["id"]
+    verb = "pause" if action == DesiredState.PAUSED else "resume"
+    view = reconciler.view(collector_id)
+    spec = _require_spec(view, verb)
+    if spec.state == DesiredState.STOPPED:
+        raise InvalidState(
+            f'cannot {verb} {collector_id!r}: its spec says state = "stopped" '
+            "(change the spec to run it)"
+        )
+    if view.state == CollectorState.FAILED:
+        raise InvalidState(
+            f"cannot {verb} {collector_id!r}: it has failed ({_last_error(view)}); "
+            f"`reconciler restart {collector_id}` or fix its spec"
+        )
+    # Nothing to override when the spec already asks for it and no override holds.
+    if view.override is not None or spec.state != action:
+        await reconciler.operator_override(collector_id, action)
+    want = CollectorState.PAUSED if action == DesiredState.PAUSED else CollectorState.RUNNING
+
+    def arrived() -> bool:
+        current = reconciler.view(collector_id)
+        if current.state == want:
+            return True
+        if current.state == CollectorState.FAILED:
+            raise InvalidState(
+                f"{collector_id!r} failed before it could be {verb}d: {_last_error(current)}"
+            )
+        if current.override is not None and current.override.action != action:
+            raise InvalidState(f"the {verb} of {collector_id!r} was overridden meanwhile")
+        if current.override is None and current.desired != action:
+            raise InvalidState(
+                f"the {verb} of {collector_id!r} ended before it took effect: its spec changed"
+            )
+        return False
+
+    if not await _until(reconciler, arrived, timeout_seconds=server.action_timeout_seconds):
+        current = reconciler.view(collector_id)
+        raise Timeout(
+            f"{collector_id!r} is still {current.state} after "
+            f"{server.action_timeout_seconds:g} s; the {verb} stays in effect "
+            "and is carried out when it can be"
+        )
+    return web.json_response(view_to_json(reconciler.view(collector_id)))
+
+
+def _last_error(view: CollectorView) -> str:
+    return (view.status.last_error if view.status else None) or "no error recorded"
+
+
+async def _until(
+    reconciler: Reconciler, predicate: Callable[[], bool], *, timeout_seconds: float
+) -> bool:
+    """Wait until ``predicate()``; False after the timeout.
+
+    Re-checked after every loop pass (every change of state wakes the loop),
+    and every ``RECHECK_SECONDS`` in case a change needs no pass.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_seconds
+    changed = asyncio.Event()
+
+    def on_pass(duration_seconds: float) -> None:
+        del duration_seconds
+        changed.set()
+
+    reconciler.pass_listeners.append(on_pass)
+    try:
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(remaining, RECHECK_SECONDS))
+        return True
+    finally:
+        reconciler.pass_listeners.remove(on_pass)
+
+
+async def events(request: web.Request) -> web.Response:
+    reconciler = _reconciler(request)
+    collector_id = request.query.get("id")
+    limit_text = request.query.get("limit")
+    limit: int | None = None
+    if limit_text is not None:
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            limit = 0
+        if limit < 1:
+            raise web.HTTPBadRequest(text=f"limit: must be a positive integer (got {limit_text!r})")
+    # A forgotten collector's events are still of interest: an unknown id is no error.
+    events = [
+        e for e in reconciler.events if collector_id is None or e.collector_id == collector_id
+    ]
+    if limit is not None:
+        events = events[-limit:]
+    return web.json_response({"events": [event_to_json(e) for e in events]})
+
+
+async def reload(request: web.Request) -> web.Response:
+    reconciler = _reconciler(request)
+    reload = request.app[SERVER_KEY].reload
+    if reload is not None:
+        reload()  # raises InvalidSpec (422) if the config file is refused
+    await _rescan(reconciler)
+    return web.json_response({"reloaded": True})
+
+
+MAX_PLAN_FILES = 10_000
+PLAN_BODY_MAX_BYTES = 16 * 1024 * 1024
+
+
+async def plan(request: web.Request) -> web.Response:
+    """``reconciler diff``: spec files in (``{"files": {name: toml}}``; none: the specs
+    directory), the lines ``plan()`` would carry out against this daemon's state out."""
+    reconciler = _reconciler(request)
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"body: not JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text='body: must be a JSON object, e.g. {"files": {...}}')
+    files = body.get("files")
+    if files is None:
+        await _rescan(reconciler)
+        lines = reconciler.diff()
+    else:
+        if (
+            not isinstance(files, dict)
+            or len(files) > MAX_PLAN_FILES
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+        ):
+            raise web.HTTPBadRequest(text="files: must map file names to TOML text")
+        lines = reconciler.diff({name: text.encode() for name, text in files.items()})
+    return web.json_response(
+        {
+            "differences": sum(line.difference for line in lines),
+            "actions": [line.to_json() for line in lines],
+        }
+    )
+
+
+async def _rescan(reconciler: Reconciler) -> None:
+    """Read the specs directory now, where the reconciler can; else just look again."""
+    rescan: Callable[[], Awaitable[None]] | None = getattr(reconciler, "rescan", None)
+    if rescan is not None:
+        await rescan()
+    reconciler.wake()

@@ -1,0 +1,220 @@
+"""``ApiServer``: the control API on a unix socket — bound privately, never taken from
+a live daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from reconciler.api.constants import (
+    ACTION_TIMEOUT_SECONDS,
+    API_PREFIX,
+    RECONCILER_KEY,
+    SERVER_KEY,
+    SHUTDOWN_TIMEOUT_SECONDS,
+)
+from reconciler.api.handlers import (
+    PLAN_BODY_MAX_BYTES,
+    errors,
+    events,
+    get_collector,
+    list_collectors,
+    pause,
+    plan,
+    reload,
+    restart,
+    resume,
+)
+from reconciler.errors import (
+    AlreadyRunning,
+    Io,
+)
+from reconciler.loop import Reconciler
+
+log = logging.getLogger("reconciler.api")
+
+# -- the server -------------------------------------------------------------------------------
+
+
+class ApiServer:
+    """The control API on a unix socket: ``await start()``, later ``await stop()``.
+
+    ``reload`` is called by ``POST /api/v1/reload`` (the daemon's config reload);
+    it may raise ``InvalidSpec`` to report a refused config file.
+
+    ``start`` raises ``AlreadyRunning`` when another reconciler serves the
+    socket (it is never taken from a live daemon) and ``Io`` when the socket
+    cannot be created; a socket file left by a dead daemon is replaced.
+    """
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        *,
+        socket_path: Path,
+        reload: Callable[[], None] | None = None,
+        action_timeout_seconds: float = ACTION_TIMEOUT_SECONDS,
+    ) -> None:
+        self.reconciler = reconciler
+        self.socket_path = Path(socket_path)
+        self.reload = reload
+        self.action_timeout_seconds = action_timeout_seconds
+        self._runner: web.AppRunner | None = None
+        self._lock_fd: int | None = None
+        self._socket_identity: tuple[int, int] | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        """Held (flock) while serving, so that two daemons never race for one socket."""
+        return self.socket_path.with_name(self.socket_path.name + ".lock")
+
+    def _application(self) -> web.Application:
+        # A whole spec tree for `reconciler diff` fits; each spec file is far smaller.
+        app = web.Application(middlewares=[errors], client_max_size=PLAN_BODY_MAX_BYTES)
+        app[RECONCILER_KEY] = self.reconciler
+        app[SERVER_KEY] = self
+        collector = API_PREFIX + "/collectors/{id}"
+        app.router.add_get(API_PREFIX + "/collectors", list_collectors)
+        app.router.add_get(collector, get_collector)
+        app.router.add_post(collector + "/restart", restart)
+        app.router.add_post(collector + "/pause", pause)
+        app.router.add_post(collector + "/resume", resume)
+        app.router.add_get(API_PREFIX + "/events", events)
+        app.router.add_post(API_PREFIX + "/reload", reload)
+        app.router.add_post(API_PREFIX + "/plan", plan)
+        return app
+
+    async def start(self) -> None:
+        path = self.socket_path
+        try:
+            # 0700: only for a directory made here; an existing one is the admin's.
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise Io(f"cannot create {path.parent}: {exc.strerror or exc}") from exc
+        self._lock_fd = _lock(self.lock_path, socket_path=path)
+        try:
+            _refuse_live_socket(path)
+            runner = web.AppRunner(
+                self._application(),
+                handle_signals=False,
+                shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+            )
+            await runner.setup()
+            self._runner = runner
+            await _serve_privately(runner, path)
+            st = os.stat(path)
+            self._socket_identity = (st.st_dev, st.st_ino)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("control API on %s", path)
+
+    async def stop(self) -> None:
+        """Stop serving and remove the socket (if it is still ours)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        identity, self._socket_identity = self._socket_identity, None
+        if identity is not None:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(self.socket_path)
+                # A reconciler started since may own the path now: leave its socket alone.
+                if (st.st_dev, st.st_ino) == identity:
+                    self.socket_path.unlink()
+        lock_fd, self._lock_fd = self._lock_fd, None
+        if lock_fd is not None:
+            # The lock file stays: unlinking it would race a daemon that just opened it.
+            os.close(lock_fd)
+
+
+def _lock(lock_path: Path, *, socket_path: Path) -> int:
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise Io(f"cannot open {lock_path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyRunning(
+            f"another reconciler is serving {socket_path} (it holds {lock_path}); "
+            "stop it first, or give this one another --socket"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise Io(f"cannot lock {lock_path}: {exc.strerror or exc}") from exc
+    return fd
+
+
+def _refuse_live_socket(path: Path) -> None:
+    """Raise unless ``path`` is free or a dead daemon's socket (which is then replaced)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise Io(f"cannot check {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISSOCK(st.st_mode):
+        raise Io(f"{path} exists and is not a socket; remove it or choose another --socket")
+    # The lock is ours, so a daemon of this version cannot be there; but one that
+    # does not lock (an older one, or another program) may still answer.
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        log.info("replacing stale socket %s (no one answers on it)", path)
+        return
+    except FileNotFoundError:
+        return
+    except TimeoutError:
+        pass  # a full backlog: someone is listening
+    except OSError as exc:
+        if exc.errno != errno.EAGAIN:
+            raise Io(f"cannot check whether {path} is in use: {exc.strerror or exc}") from exc
+    finally:
+        probe.close()
+    raise AlreadyRunning(
+        f"{path} is in use: something answers on it; stop it first, or choose another --socket"
+    )
+
+
+async def _serve_privately(runner: web.AppRunner, path: Path) -> None:
+    """Listen on ``path`` with mode 0600, leaving no moment at which it is more open.
+
+    A new socket file gets 0777 less the umask; chmod after bind would leave a
+    moment at which anyone may connect, and changing the umask around bind
+    would change it for the whole process (a collector spawned meanwhile by
+    another thread would inherit it). So the socket is bound in a fresh 0700
+    directory no one else can enter, made 0600 there, then renamed into place
+    in one step — which also replaces a stale socket without a gap.
+    """
+    try:
+        private = Path(tempfile.mkdtemp(prefix=".", dir=path.parent))
+    except OSError as exc:
+        raise Io(f"cannot create a socket in {path.parent}: {exc.strerror or exc}") from exc
+    try:
+        temporary = private / "s"
+        site = web.UnixSite(runner, str(temporary))
+        try:
+            await site.start()
+        except OSError as exc:
+            raise Io(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+        try:
+            os.chmod(temporary, 0o600)
+            os.rename(temporary, path)
+        except OSError as exc:
+            raise Io(f"cannot create {path}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

@@ -320,7 +320,10 @@ class Daemon:
     async def _start_servers(self) -> None:
         settings = self.config.reconciler
         self.api = ApiServer(
-            self.reconciler, socket_path=settings.socket_path, reload=self._reload_from_api
+            self.reconciler,
+            socket_path=settings.socket_path,
+            reload=self._reload_from_api,
+            control_group=settings.control_group,
         )
         await self.api.start()
         log.info("control API on %s", settings.socket_path)

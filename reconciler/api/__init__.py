@@ -9,6 +9,7 @@ Routes::
     POST /api/v1/collectors/{id}/resume     collector, once running
     GET  /api/v1/events[?id=ID&limit=N]     {"events": [event...]}, oldest first
     POST /api/v1/reload                     {"reloaded": true}
+    POST /api/v1/plan  {"files": {...}}     {"differences": N, "actions": [line...]}
 
 A collector is ``CollectorView`` as JSON, with the spec in it — but never an
 ``env`` value (``spec.env_keys`` lists the names only), nor the password of an

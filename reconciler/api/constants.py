@@ -25,6 +25,7 @@ SERVER_KEY: web.AppKey[ApiServer] = web.AppKey("server")  # the server holding t
 # Protocol errors: no ReconcilerError stands for them, as they name no collector.
 HTTP_ERRORS = {
     400: ("BAD_REQUEST", "Configuration"),
+    403: ("FORBIDDEN", "Configuration"),
     404: ("NOT_FOUND", "Resource"),
     405: ("METHOD_NOT_ALLOWED", "Resource"),
 }

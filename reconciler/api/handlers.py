@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from reconciler.api.constants import HTTP_ERRORS, RECHECK_SECONDS, RECONCILER_KEY, SERVER_KEY
+from reconciler.api.peers import peer_of
 from reconciler.api.views import error_body, event_to_json, view_to_json
 from reconciler.errors import (
     InvalidSpec,
@@ -26,6 +27,19 @@ from reconciler.state import CollectorState, DesiredState
 log = logging.getLogger("reconciler.api")
 
 # -- errors -----------------------------------------------------------------------------------
+
+
+@web.middleware
+async def admit(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every request, whatever the socket's mode: only those ``Admission`` admits."""
+    admission = request.app[SERVER_KEY].admission
+    transport = request.transport
+    refusal = admission.refusal(peer_of(transport.get_extra_info("socket") if transport else None))
+    if refusal is not None:
+        raise web.HTTPForbidden(text=refusal)
+    return await handler(request)
 
 
 @web.middleware

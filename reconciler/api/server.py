@@ -26,6 +26,7 @@ from reconciler.api.constants import (
 )
 from reconciler.api.handlers import (
     PLAN_BODY_MAX_BYTES,
+    admit,
     errors,
     events,
     get_collector,
@@ -36,6 +37,7 @@ from reconciler.api.handlers import (
     restart,
     resume,
 )
+from reconciler.api.peers import Admission
 from reconciler.errors import (
     AlreadyRunning,
     Io,
@@ -65,8 +67,11 @@ class ApiServer:
         socket_path: Path,
         reload: Callable[[], None] | None = None,
         action_timeout_seconds: float = ACTION_TIMEOUT_SECONDS,
+        control_group: str | None = None,
     ) -> None:
         self.reconciler = reconciler
+        self.admission = Admission(control_group)
+        """``control_group``: the socket is 0660 for it, and its members are admitted."""
         self.socket_path = Path(socket_path)
         self.reload = reload
         self.action_timeout_seconds = action_timeout_seconds
@@ -81,7 +86,7 @@ class ApiServer:
 
     def _application(self) -> web.Application:
         # A whole spec tree for `reconciler diff` fits; each spec file is far smaller.
-        app = web.Application(middlewares=[errors], client_max_size=PLAN_BODY_MAX_BYTES)
+        app = web.Application(middlewares=[errors, admit], client_max_size=PLAN_BODY_MAX_BYTES)
         app[RECONCILER_KEY] = self.reconciler
         app[SERVER_KEY] = self
         collector = API_PREFIX + "/collectors/{id}"
@@ -112,7 +117,7 @@ class ApiServer:
             )
             await runner.setup()
             self._runner = runner
-            await _serve_privately(runner, path)
+            await _serve_privately(runner, path, group=self.admission.gid)
             st = os.stat(path)
             self._socket_identity = (st.st_dev, st.st_ino)
         except BaseException:
@@ -190,8 +195,8 @@ def _refuse_live_socket(path: Path) -> None:
     )
 
 
-async def _serve_privately(runner: web.AppRunner, path: Path) -> None:
-    """Listen on ``path`` with mode 0600, leaving no moment at which it is more open.
+async def _serve_privately(runner: web.AppRunner, path: Path, *, group: int | None) -> None:
+    """Listen on ``path`` with mode 0600 (0660 for ``group``), never more open for a moment.
 
     A new socket file gets 0777 less the umask; chmod after bind would leave a
     moment at which anyone may connect, and changing the umask around bind
@@ -212,7 +217,9 @@ async def _serve_privately(runner: web.AppRunner, path: Path) -> None:
         except OSError as exc:
             raise Io(f"cannot listen on {path}: {exc.strerror or exc}") from exc
         try:
-            os.chmod(temporary, 0o600)
+            if group is not None:
+                os.chown(temporary, -1, group)
+            os.chmod(temporary, 0o600 if group is None else 0o660)
             os.rename(temporary, path)
         except OSError as exc:
             raise Io(f"cannot create {path}: {exc.strerror or exc}") from exc

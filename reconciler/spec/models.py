@@ -201,6 +201,9 @@ class ReconcilerSettings(_Frozen):
     on_exit: Literal["stop", "keep"] = "stop"
     log_max_bytes: PositiveInt = 10 * 1024 * 1024
     log_backups: NonNegativeInt = 5
+    control_group: Annotated[str, Field(min_length=1)] | None = None
+    """Members of this group may use the control API (socket 0660 for it); else root and
+    the daemon's own user only (0600)."""
 
 
 class ManagerConfigFile(_Frozen):

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run lint test test-only bench clean prometheus
+.PHONY: venv run lint test test-only bench soak clean prometheus
 
 venv: $(STAMP)
 
@@ -35,6 +35,10 @@ test: lint test-only
 bench: venv
 	$(BIN)/python bench/manager_bench.py
 	$(BIN)/python bench/loop_bench.py
+
+# The chaos soak, long: 30 minutes of random faults (make test runs 90 s of it).
+soak: venv
+	$(BIN)/python bench/soak.py --seconds 1800
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

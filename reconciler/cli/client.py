@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
+import http.client
+import json
 import os
+import socket
 import stat
 import sys
 import urllib.parse
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -79,26 +81,42 @@ def _is_socket(path: Path) -> bool:
         return False
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over the control socket (a unix socket), from the standard library."""
+
+    def __init__(self, socket_path: str, *, timeout_seconds: float | None) -> None:
+        super().__init__("reconciler", timeout=timeout_seconds)
+        self._socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class Client:
-    """A session on the control socket; every method returns the decoded JSON body."""
+    """Requests on the control socket; every call returns the decoded JSON body.
+
+    The standard library's ``http.client``, not aiohttp: a client command sends
+    one request, and importing an asyncio HTTP stack for it cost more than the
+    request itself.
+    """
 
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
 
-    async def __aenter__(self) -> Client:
-        import aiohttp
-
-        self._aiohttp = aiohttp
-        self._session = aiohttp.ClientSession(
-            "http://reconciler",
-            connector=aiohttp.UnixConnector(path=str(self.socket_path)),
-        )
+    def __enter__(self) -> Client:
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._session.close()
+    def __exit__(self, *exc_info: object) -> None:
+        return None
 
-    async def call(
+    def call(
         self,
         method: str,
         path: str,
@@ -107,24 +125,30 @@ class Client:
         json_body: object = None,
         timeout_seconds: float | None = READ_TIMEOUT_SECONDS,
     ) -> Any:
-        aiohttp = self._aiohttp
-        timeout = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=10)
+        url = API + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        data = json.dumps(json_body).encode() if json_body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        connection = _UnixConnection(str(self.socket_path), timeout_seconds=timeout_seconds)
         try:
-            async with self._session.request(
-                method, API + path, params=params, json=json_body, timeout=timeout
-            ) as response:
-                status = response.status
-                try:
-                    body = await response.json(content_type=None)
-                except ValueError:
-                    body = None
-        except aiohttp.ClientConnectorError as exc:
-            raise Unreachable(_unreachable(self.socket_path, exc.os_error)) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise ClientFailure(
-                f"no answer from the reconciler at {self.socket_path}: {reason}"
-            ) from exc
+            try:
+                connection.connect()
+            except OSError as exc:
+                raise Unreachable(_unreachable(self.socket_path, exc)) from exc
+            try:
+                connection.request(method, url, body=data, headers=headers)
+                response = connection.getresponse()
+                status, raw = response.status, response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                reason = str(exc) or type(exc).__name__
+                raise ClientFailure(
+                    f"no answer from the reconciler at {self.socket_path}: {reason}"
+                ) from exc
+        finally:
+            connection.close()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
         error = body.get("error") if isinstance(body, dict) else None
         if status >= 400 and isinstance(error, dict):
             raise ApiFailure(str(error.get("code")), str(error.get("message")))
@@ -135,17 +159,11 @@ class Client:
         return body
 
 
-def client_command(
-    args: argparse.Namespace, talk: Callable[[Client], Coroutine[Any, Any, int]]
-) -> int:
+def client_command(args: argparse.Namespace, talk: Callable[[Client], int]) -> int:
     """Run ``talk`` with a client on ``--socket``; failures become a line on stderr and 1."""
-
-    async def session() -> int:
-        async with Client(args.socket) as client:
-            return await talk(client)
-
     try:
-        return asyncio.run(session())
+        with Client(args.socket) as client:
+            return talk(client)
     except (ClientFailure, ApiFailure) as exc:
         print(exc, file=sys.stderr)
         return EXIT_ERROR

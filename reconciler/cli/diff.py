@@ -79,15 +79,15 @@ def _offline(old: Path, new: Path) -> list[dict[str, Any]]:
     return [line.to_json() for line in diff(after, observed_from(before), 0.0)]
 
 
-async def _live(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _live(args: argparse.Namespace) -> list[dict[str, Any]]:
     body: dict[str, object] = {}
     if args.dir is not None:
         files, problems = _read_tree(args.dir)
         if problems:
             raise _Refused(problems)
         body["files"] = {name: data.decode() for name, data in files.items()}
-    async with Client(args.socket) as client:
-        answer = await client.call("POST", "/plan", json_body=body)
+    with Client(args.socket) as client:
+        answer = client.call("POST", "/plan", json_body=body)
     actions: list[dict[str, Any]] = answer.get("actions", [])
     return actions
 
@@ -99,13 +99,12 @@ class _Refused(Exception):
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    import asyncio
 
     if args.old is not None and args.dir is None:
         print("reconciler diff: --from OLD_DIR needs DIR, the tree to compare", file=sys.stderr)
         return EXIT_TROUBLE
     try:
-        lines = _offline(args.old, args.dir) if args.old is not None else asyncio.run(_live(args))
+        lines = _offline(args.old, args.dir) if args.old is not None else _live(args)
     except _Refused as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -34,9 +34,9 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     """A table of every collector, or one collector in detail."""
 
-    async def talk(client: Client) -> int:
+    def talk(client: Client) -> int:
         if args.id is None:
-            data = await client.call("GET", "/collectors")
+            data = client.call("GET", "/collectors")
             if args.json:
                 print_json(data)
             else:
@@ -44,11 +44,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if not data.get("ready", True):
                     print("(the reconciler is still starting: not every spec is applied yet)")
             return EXIT_OK
-        collector = await client.call("GET", collector_path(args.id))
+        collector = client.call("GET", collector_path(args.id))
         if args.json:
             print_json(collector)
             return EXIT_OK
-        events = await client.call("GET", "/events", params={"id": args.id, "limit": "5"})
+        events = client.call("GET", "/events", params={"id": args.id, "limit": "5"})
         print(format_status_detail(collector, events["events"]))
         return EXIT_OK
 
@@ -191,9 +191,9 @@ def _action_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _operator_action(verb: str, past: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        async def talk(client: Client) -> int:
+        def talk(client: Client) -> int:
             # No client timeout: the daemon bounds the wait (stop timeouts, 30 s for pause).
-            collector = await client.call(
+            collector = client.call(
                 "POST", f"{collector_path(args.id)}/{verb}", timeout_seconds=None
             )
             pid = collector.get("pid")
@@ -209,8 +209,8 @@ def _operator_action(verb: str, past: str) -> Callable[[argparse.Namespace], int
 def cmd_reload(args: argparse.Namespace) -> int:
     """Reload the daemon's config file (as SIGHUP does) and rescan the specs, reporting errors."""
 
-    async def talk(client: Client) -> int:
-        await client.call("POST", "/reload")
+    def talk(client: Client) -> int:
+        client.call("POST", "/reload")
         print("reloaded")
         return EXIT_OK
 
@@ -251,13 +251,13 @@ def _event_line(event: dict[str, Any]) -> str:
 def cmd_events(args: argparse.Namespace) -> int:
     """Recent events, oldest first: what was done, when and why."""
 
-    async def talk(client: Client) -> int:
+    def talk(client: Client) -> int:
         params = {}
         if args.id is not None:
             params["id"] = args.id
         if args.limit is not None:
             params["limit"] = str(args.limit)
-        data = await client.call("GET", "/events", params=params)
+        data = client.call("GET", "/events", params=params)
         if args.json:
             print_json(data)
             return EXIT_OK

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,24 +98,23 @@ def wait_verdict(data: dict[str, Any], ids: list[str]) -> WaitVerdict:
 def cmd_wait(args: argparse.Namespace) -> int:
     """Block until every (named) collector runs its current spec in its desired state."""
 
-    async def talk(client: Client) -> int:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + args.timeout
+    def talk(client: Client) -> int:
+        deadline = time.monotonic() + args.timeout
         # The first look rescans the specs directory: a spec pushed just before
         # `wait` must count, not be missed because the watcher has not seen it yet.
         params = {"rescan": "true"}
         while True:
-            remaining = deadline - loop.time()
+            remaining = deadline - time.monotonic()
             try:
-                data = await client.call(
+                data = client.call(
                     "GET", "/collectors", params=params, timeout_seconds=max(remaining, 1.0)
                 )
             except Unreachable:
                 # Run right after the service starts, the socket may not exist
                 # yet: that is "not converged yet", not a failure, until the timeout.
-                if loop.time() >= deadline:
+                if time.monotonic() >= deadline:
                     raise
-                await asyncio.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - loop.time())))
+                time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
                 continue
             params = {}
             verdict = wait_verdict(data, args.ids)
@@ -131,7 +130,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
             if not verdict.pending:
                 print(f"converged: {plural(verdict.converged, 'collector')}")
                 return EXIT_OK
-            if loop.time() >= deadline:
+            if time.monotonic() >= deadline:
                 print(
                     f"{Timeout.code}: not converged after {args.timeout:g} s; pending:",
                     file=sys.stderr,
@@ -139,6 +138,6 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 for line in verdict.pending:
                     print(f"  {line}", file=sys.stderr)
                 return EXIT_ERROR
-            await asyncio.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - loop.time())))
+            time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
     return client_command(args, talk)

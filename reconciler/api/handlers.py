@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from reconciler.api.constants import HTTP_ERRORS, RECHECK_SECONDS, RECONCILER_KEY, SERVER_KEY
+from reconciler.api.openapi import document
 from reconciler.api.peers import peer_of
 from reconciler.api.views import error_body, event_to_json, view_to_json
 from reconciler.errors import (
@@ -301,3 +303,15 @@ async def _rescan(reconciler: Reconciler) -> None:
     if rescan is not None:
         await rescan()
     reconciler.wake()
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The API described in OpenAPI 3.1."""
+    return web.json_response(document(_package_version()))
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("reconciler")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

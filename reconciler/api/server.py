@@ -31,6 +31,7 @@ from reconciler.api.handlers import (
     events,
     get_collector,
     list_collectors,
+    openapi,
     pause,
     plan,
     reload,
@@ -98,6 +99,7 @@ class ApiServer:
         app.router.add_get(API_PREFIX + "/events", events)
         app.router.add_post(API_PREFIX + "/reload", reload)
         app.router.add_post(API_PREFIX + "/plan", plan)
+        app.router.add_get(API_PREFIX + "/openapi.json", openapi)
         return app
 
     async def start(self) -> None:

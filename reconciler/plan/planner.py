@@ -234,11 +234,11 @@ def _live(case: _Case, defaults: ProcessManagerConfig) -> Action | None:
     ):
         return Stop(collector_id, f"unhealthy: {observed.probe_detail}", as_crash=True)
     override = case.override
-    by_operator = override is not None and want == override.action
+    by_operator = override.reason if override is not None and want == override.action else None
     if want == DesiredState.PAUSED and observed.state == CollectorState.RUNNING:
-        return Pause(collector_id, override.reason if by_operator else "spec state is paused")  # type: ignore[union-attr]
+        return Pause(collector_id, by_operator or "spec state is paused")
     if want == DesiredState.RUNNING and observed.state == CollectorState.PAUSED:
-        return Resume(collector_id, override.reason if by_operator else "spec state is running")  # type: ignore[union-attr]
+        return Resume(collector_id, by_operator or "spec state is running")
     if case.spec_changed:
         # Only `state` changed and the process is already as asked: record it.
         return case.update("spec changed: state")

@@ -45,7 +45,12 @@ from reconciler.plan.planner import Exit, Observed
 from reconciler.process.driver import Launch, ProcessDriver, Run, RunIdentity
 from reconciler.process.events import ManagerEvent, describe_exit
 from reconciler.process.records import Applied, CollectorRecord
-from reconciler.spec.models import CollectorConfig, CollectorSpec, ProcessManagerConfig
+from reconciler.spec.models import (
+    CollectorConfig,
+    CollectorSpec,
+    HealthCheck,
+    ProcessManagerConfig,
+)
 from reconciler.state import CollectorState, CollectorStatus, DesiredState
 
 log = logging.getLogger("reconciler.process.manager")
@@ -183,9 +188,8 @@ class Executor:
                 case Start() | Restart():
                     await self._start_action(action, record)
                 case Update():
-                    self.replace_locked(
-                        self._apply(action), self.configure(collector_id, action.spec)
-                    )
+                    old_check = self._need(record).config.health_check
+                    self._reprobe_if_changed(self._apply(action), old_check)
                 case Stop():
                     await self._stop_action(action, record)
                 case Pause() | Resume():
@@ -364,8 +368,11 @@ class Executor:
         old_check = record.config.health_check
         record.config = config
         record.changed()
+        self._reprobe_if_changed(record, old_check)
+
+    def _reprobe_if_changed(self, record: CollectorRecord, old_check: HealthCheck | None) -> None:
         run = record.run
-        if run is not None and config.health_check != old_check:
+        if run is not None and record.config.health_check != old_check:
             self.restart_probe(record, run)
 
     def forget_locked(self, record: CollectorRecord) -> None:

@@ -228,6 +228,17 @@ async def test_probe_at_its_threshold_restarts(loop: Loop) -> None:
     assert loop.driver.effects.count("signal web SIGTERM") == 1, "stopped gracefully"
 
 
+async def test_a_health_check_added_in_place_starts_probing(loop: Loop) -> None:
+    await loop.put("web", desired())
+    check = {"exec": ["probe"], "interval_seconds": 5, "failure_threshold": 1}
+    await loop.put("web", desired(health_check=check))
+    assert loop.driver.spawned["web"] == 1, "a health check is applied in place"
+    loop.driver.probe_results("web", False)
+    await loop.clock.advance(5)
+    assert "probe web" in loop.driver.effects
+    assert loop.driver.spawned["web"] == 2, "the new probe failed at its threshold: restarted"
+
+
 async def test_probe_threshold_without_auto_restart_only_reports(loop: Loop) -> None:
     check = {"exec": ["probe"], "interval_seconds": 1, "failure_threshold": 1}
     await loop.put("web", desired(health_check=check, auto_restart=False))

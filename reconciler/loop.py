@@ -151,6 +151,9 @@ class Reconciler:
         """State files that could not be read or written (counted by the daemon)."""
         self._desired: dict[str, Desired] = {}
         self._desired_for: SpecSnapshot | None = None
+        self._kept_for: SpecSnapshot | None = None
+        self._kept_key: tuple[tuple[str, str], ...] = ()
+        self._with_kept: dict[str, Desired] = {}
         specs_dir = source.specs_dir
         manager.executor.configure = lambda _id, spec: resolve_spec_paths(spec, specs_dir)
         self.controller.drive(desired=self.desired, overrides=self._current_overrides)
@@ -280,17 +283,24 @@ class Reconciler:
             self._desired_for = snapshot
         if not snapshot.problems:
             return self._desired
-        kept = {}
         records = self.manager.executor.records
+        kept = {}
         for problem in snapshot.problems.values():
             collector_id = problem.collector_id
             if collector_id is None or collector_id in self._desired:
                 continue
             record = records.get(collector_id)
             if record is not None and record.applied is not None:
-                applied = record.applied
-                kept[collector_id] = Desired(applied.spec, applied.spec_hash, applied.process_hash)
-        return {**self._desired, **kept} if kept else self._desired
+                kept[collector_id] = record.applied
+        # Asked for on every pass: copy the whole mapping only when what is kept changed.
+        key = tuple((cid, applied.spec_hash) for cid, applied in sorted(kept.items()))
+        if self._kept_for is not snapshot or key != self._kept_key:
+            self._kept_for, self._kept_key = snapshot, key
+            self._with_kept = {
+                **self._desired,
+                **{cid: Desired(a.spec, a.spec_hash, a.process_hash) for cid, a in kept.items()},
+            }
+        return self._with_kept
 
     def observed(self) -> dict[str, Observed]:
         return self.manager.executor.observed()

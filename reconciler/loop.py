@@ -30,7 +30,7 @@ from pathlib import Path
 from reconciler.errors import InvalidSpec, ProcessManagerError, ProcessNotFound
 from reconciler.plan.actions import Action, kind
 from reconciler.plan.diff import DiffLine, diff
-from reconciler.plan.planner import Desired, Observed, Override, converged
+from reconciler.plan.planner import Desired, Observed, Override, converged, effective_state
 from reconciler.process import Applied, CollectorProcessManager, ManagerEvent
 from reconciler.process.logs import rotate_all
 from reconciler.source import SpecSnapshot, SpecSource
@@ -423,14 +423,9 @@ class Reconciler:
             override = self.overrides.get(collector_id)
             problem = problems_by_id.get(collector_id)
             applied = applied_all.get(collector_id)
-            if desired is not None:
-                want = (
-                    override.action
-                    if (override is not None and override.spec_hash == desired.spec_hash)
-                    else desired.spec.state
-                )
-            else:
-                want = DesiredState.STOPPED
+            want = (
+                effective_state(desired, override) if desired is not None else DesiredState.STOPPED
+            )
             result.append(
                 CollectorView(
                     collector_id=collector_id,

@@ -153,6 +153,7 @@ class Daemon:
             log_backups=settings.log_backups,
             # An operator action is answered only once it is on disk (fsync'd).
             on_overrides_changed=lambda _: self._save_state(),
+            persist=self._save_state,
         )
         self.stop_requested = asyncio.Event()
         self._save_handle: asyncio.TimerHandle | None = None

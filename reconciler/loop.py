@@ -133,6 +133,7 @@ class Reconciler:
         log_backups: int = 5,
         overrides: dict[str, Override] | None = None,
         on_overrides_changed: Callable[[dict[str, Override]], None] | None = None,
+        persist: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
         self.manager = manager
@@ -142,6 +143,7 @@ class Reconciler:
         self.log_backups = log_backups
         self.overrides: dict[str, Override] = dict(overrides or {})
         self._on_overrides_changed = on_overrides_changed
+        self._persist = persist
         self.snapshot: SpecSnapshot = source.snapshot
         self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
         self.ready = asyncio.Event()
@@ -327,6 +329,15 @@ class Reconciler:
         if self._on_overrides_changed is not None:
             self._on_overrides_changed(dict(self.overrides))
 
+    def persist(self) -> None:
+        """Write what adoption and overrides depend on to disk now (fsync'd).
+
+        An operator action is answered only after this: a SIGKILL of the
+        reconciler the moment the answer is sent loses nothing of it.
+        """
+        if self._persist is not None:
+            self._persist()
+
     def diff(self, files: Mapping[str, bytes] | None = None) -> list[DiffLine]:
         """What applying these spec files would do, from the same ``plan()`` (``reconciler diff``).
 
@@ -386,6 +397,7 @@ class Reconciler:
                 pid = await self.manager.restart_collector(
                     collector_id, reason="restarted by operator"
                 )
+                self.persist()  # the new pid is on disk before the answer
                 result = "success"
                 return pid
             finally:

@@ -196,6 +196,9 @@ async def _override(request: web.Request, action: DesiredState) -> web.Response:
             f"{server.action_timeout_seconds:g} s; the {verb} stays in effect "
             "and is carried out when it can be"
         )
+    # The override was saved when it was set; the paused (or resumed) process
+    # may have started since: it is on disk too before the answer.
+    reconciler.persist()
     return web.json_response(view_to_json(reconciler.view(collector_id)))
 
 

@@ -168,10 +168,6 @@ class RunCgroup:
     path: Path
     controllers: frozenset[str]
 
-    def open_procs_for_child(self) -> int:
-        """An fd the child writes ``0`` to, joining the cgroup before it execs."""
-        return os.open(self.path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
-
     def apply_limits(
         self, *, memory_max_bytes: int | None, processes: int | None, cpu_max_percent: float | None
     ) -> set[str]:

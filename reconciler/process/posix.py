@@ -144,7 +144,7 @@ class PosixDriver:
         )
         limits = config.resource_limits
         # mkdir and open in cgroupfs take the kernel's cgroup locks: off the loop.
-        cgroup, enforced, cgroup_fd = await asyncio.get_running_loop().run_in_executor(
+        cgroup, enforced = await asyncio.get_running_loop().run_in_executor(
             self._spawner, self._prepare_cgroup, collector_id, limits
         )
         if limits is not None and limits.cpu_max_percent is not None:
@@ -161,7 +161,7 @@ class PosixDriver:
             working_dir=config.working_dir,
             identity=identity,
             rlimits=child.rlimits_for(limits, enforced_by_cgroup=enforced),
-            cgroup_fd=cgroup_fd,
+            cgroup_procs=str(cgroup.path / "cgroup.procs") if cgroup is not None else None,
             log_mode=config.log,
             log_path=self.log_dir / f"{collector_id}.log" if self.log_dir is not None else None,
         )
@@ -184,9 +184,6 @@ class PosixDriver:
             if cgroup is not None:
                 cgroup.remove()
             raise
-        finally:
-            if cgroup_fd is not None:
-                os.close(cgroup_fd)
         return run
 
     async def _fork_exec(
@@ -205,13 +202,13 @@ class PosixDriver:
 
     def _prepare_cgroup(
         self, collector_id: str, limits: ResourceLimits | None
-    ) -> tuple[RunCgroup | None, set[str], int | None]:
-        """Create the run's cgroup, write its limits, open it for the child to join.
+    ) -> tuple[RunCgroup | None, set[str]]:
+        """Create the run's cgroup and write its limits; the child joins it on its way in.
 
         Runs in a spawn thread: cgroupfs operations take kernel-wide locks.
         """
         if self._tree is None:
-            return None, set(), None
+            return None, set()
         try:
             cgroup = self._tree.create(collector_id)
         except OSError as exc:
@@ -224,7 +221,7 @@ class PosixDriver:
                     processes=limits.processes,
                     cpu_max_percent=limits.cpu_max_percent,
                 )
-            return cgroup, enforced, cgroup.open_procs_for_child()
+            return cgroup, enforced
         except OSError as exc:
             cgroup.remove()
             raise SpawnFailed(f"cannot set up the cgroup of {collector_id!r}: {exc}") from exc

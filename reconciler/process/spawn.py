@@ -3,19 +3,39 @@
 Every collector gets its own session (and so its own process group), stdin
 from /dev/null, a minimal inherited environment plus its spec's, its working
 directory, its run-as user and group, and its rlimits — and never a shell.
-Called by the manager; the child-side setup is a pre-computed closure that
-only makes system calls, because it runs between fork and exec.
+Called by the manager.
+
+No Python runs between fork and exec: CPython documents ``preexec_fn`` as
+unsafe in a threaded parent (the child can deadlock on a lock another thread
+held at fork). Popen's own C code sets the session, working directory and,
+when nothing else is needed, the run-as user. What Popen cannot do is done by
+small programs the child execs on its way to the collector, each a fixed
+``argv`` with no shell parsing of spec values (:func:`exec_chain`):
+
+1. ``/bin/sh -c 'echo 0 >"$1" ... exec "$@"'`` joins the run's cgroup, first
+   and as root, so that nothing the collector forks can start outside it;
+2. ``prlimit --nofile=N:N ... --`` sets the rlimits (util-linux);
+3. ``setpriv --reuid --regid --groups --`` switches user last (util-linux),
+   after the steps that need root.
+
+Each step replaces the process (the pid is the collector's from the fork on).
+A step that fails exits with :data:`SETUP_FAILED_EXIT` and says why on the
+collector's output.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import functools
 import grp
 import os
 import pwd
 import resource
+import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +47,24 @@ INHERITED_ENV_KEYS = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "HOME", "USER"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 COLLECTOR_ID_ENV = "RECONCILER_COLLECTOR_ID"
 ETXTBSY_RETRIES = 20
+SETUP_FAILED_EXIT = 125
+"""Exit status of a set-up step that failed before the collector was exec'd."""
+SHELL = "/bin/sh"
+JOIN_CGROUP = (
+    'echo 0 >"$1" || { echo "reconciler: cannot join control group ${1%/*}" >&2; exit 125; }; '
+    'shift; exec "$@"'
+)
+"""The whole shell program of step 1: builtins only; spec values arrive as arguments."""
+RLIMIT_NAMES = {
+    resource.RLIMIT_NOFILE: "nofile",
+    resource.RLIMIT_AS: "as",
+    resource.RLIMIT_NPROC: "nproc",
+    resource.RLIMIT_CORE: "core",
+}
+UNLIMITED = resource.RLIM_INFINITY
+EXEC_WAIT_SECONDS = 5.0
+"""How long a spawn waits for its set-up steps to reach the collector's exec."""
+EXEC_POLL_SECONDS = 0.0002
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,33 +138,96 @@ def rlimits_for(
         wanted.append((resource.RLIMIT_AS, limits.memory_max_bytes))
     if limits.processes is not None and "processes" not in enforced_by_cgroup:
         wanted.append((resource.RLIMIT_NPROC, limits.processes))
+    if limits.core_dump:
+        wanted.append((resource.RLIMIT_CORE, UNLIMITED))
     return wanted
 
 
-def _child_setup(
-    *, cgroup_fd: int | None, rlimits: list[tuple[int, int]], identity: Identity | None
-) -> Callable[[], None] | None:
-    """The code run in the child between fork and exec, or ``None`` when there is none.
+@functools.cache
+def _tool(name: str) -> str:
+    """The absolute path of a set-up program (util-linux), found once."""
+    found = shutil.which(name, path=DEFAULT_PATH)
+    if found is None:
+        raise SpawnFailed(f"{name} (util-linux) is needed for this spec and is not installed")
+    return found
 
-    Without it, subprocess can use vfork, which is faster; with it, only system
-    calls on values computed here run in the child (no imports, no allocation
-    of note), which is what makes a pre-exec hook safe in a threaded parent.
+
+def _limit_arg(which: int, value: int) -> str:
+    shown = "unlimited" if value == UNLIMITED else str(value)
+    return f"--{RLIMIT_NAMES[which]}={shown}:{shown}"
+
+
+@dataclass(frozen=True, slots=True)
+class ExecPlan:
+    """What Popen runs, and the identity Popen itself switches to (if any)."""
+
+    argv: list[str]
+    user: int | None = None
+    group: int | None = None
+    extra_groups: list[int] | None = None
+
+
+def exec_chain(
+    argv: list[str],
+    *,
+    cgroup_procs: str | None,
+    rlimits: list[tuple[int, int]],
+    identity: Identity | None,
+) -> ExecPlan:
+    """The argv that sets the child up and ends in ``argv``: see the module docstring.
+
+    With neither a cgroup nor rlimits, ``argv`` runs directly and Popen
+    switches the user in C: no step at all.
     """
-    if cgroup_fd is None and not rlimits and identity is None:
-        return None
+    chained = cgroup_procs is not None or bool(rlimits)
+    tail = list(argv)
+    if identity is not None and not chained:
+        return ExecPlan(
+            argv=tail, user=identity.uid, group=identity.gid, extra_groups=list(identity.groups)
+        )
+    if identity is not None:
+        groups = (
+            "--groups=" + ",".join(str(g) for g in identity.groups)
+            if identity.groups
+            else "--clear-groups"
+        )
+        tail = [
+            _tool("setpriv"),
+            f"--reuid={identity.uid}",
+            f"--regid={identity.gid}",
+            groups,
+            "--",
+            *tail,
+        ]
+    if rlimits:
+        tail = [_tool("prlimit"), *(_limit_arg(w, v) for w, v in rlimits), "--", *tail]
+    if cgroup_procs is not None:
+        tail = [SHELL, "-c", JOIN_CGROUP, "reconciler-join", cgroup_procs, *tail]
+    return ExecPlan(argv=tail)
 
-    def setup() -> None:
-        # Join the cgroup first, while still root: escapees can never leave it.
-        if cgroup_fd is not None:
-            os.write(cgroup_fd, b"0")
-        for which, value in rlimits:
-            resource.setrlimit(which, (value, value))
-        if identity is not None:
-            os.setgroups(list(identity.groups))
-            os.setresgid(identity.gid, identity.gid, identity.gid)
-            os.setresuid(identity.uid, identity.uid, identity.uid)
 
-    return setup
+def held_open_for_writing(path: str) -> bool:
+    """True when some process has ``path`` open for writing, so exec would fail ETXTBSY.
+
+    A set-up step execs the collector itself, where Popen cannot see the
+    error; asked here first, a binary still being written is retried as
+    before. A read lease is refused (EAGAIN) exactly while a writer exists.
+    Where leases are not allowed (not the owner, no CAP_LEASE, some
+    filesystems), the answer is "no" and a busy binary is an early exit.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return exc.errno == errno.EAGAIN
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +240,25 @@ class LaunchRequest:
     working_dir: str | None
     identity: Identity | None
     rlimits: list[tuple[int, int]]
-    cgroup_fd: int | None
+    cgroup_procs: str | None
     log_mode: str
     log_path: Path | None
+
+
+def previous_log(log_path: Path) -> Path:
+    """Where the output of the run before the current one is kept."""
+    return log_path.with_name(log_path.name.removesuffix(".log") + ".previous.log")
 
 
 def _open_output(request: LaunchRequest) -> int:
     if request.log_mode == "file" and request.log_path is not None:
         request.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Like a container's previous log: each run starts a fresh file.
+        try:
+            if request.log_path.stat().st_size > 0:
+                os.replace(request.log_path, previous_log(request.log_path))
+        except FileNotFoundError:
+            pass
         return os.open(
             request.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
         )
@@ -167,11 +279,19 @@ def try_spawn(request: LaunchRequest) -> subprocess.Popen[bytes] | None:
     ETXTBSY happens when the binary was just written (a deploy racing the
     start); it clears as soon as the writer closes the file.
     """
+    plan = exec_chain(
+        request.argv,
+        cgroup_procs=request.cgroup_procs,
+        rlimits=request.rlimits,
+        identity=request.identity,
+    )
+    if plan.argv[0] != request.argv[0] and held_open_for_writing(request.argv[0]):
+        return None
     output = _open_output(request)
     stdout = None if output == -1 else output
     try:
-        return subprocess.Popen(
-            request.argv,
+        popen = subprocess.Popen(
+            plan.argv,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stdout,
@@ -179,19 +299,57 @@ def try_spawn(request: LaunchRequest) -> subprocess.Popen[bytes] | None:
             cwd=request.working_dir,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_child_setup(
-                cgroup_fd=request.cgroup_fd, rlimits=request.rlimits, identity=request.identity
-            ),
+            user=plan.user,
+            group=plan.group,
+            extra_groups=plan.extra_groups,
         )
     except OSError as exc:
         if exc.errno == errno.ETXTBSY:
             return None
         raise SpawnFailed(f"cannot start {request.argv[0]}: {exc.strerror or exc}") from exc
     except subprocess.SubprocessError as exc:
-        raise SpawnFailed(
-            f"cannot start {request.argv[0]}: setting up the child failed "
-            f"(cgroup, resource limits or user switch): {exc}"
-        ) from exc
+        raise SpawnFailed(f"cannot start {request.argv[0]}: {exc}") from exc
     finally:
         if output >= 0:
             os.close(output)
+    if plan.argv == request.argv:
+        return popen
+    return _await_exec(popen, plan.argv, request.argv)
+
+
+def _await_exec(
+    popen: subprocess.Popen[bytes], chain: list[str], argv: list[str]
+) -> subprocess.Popen[bytes] | None:
+    """Wait until the set-up steps have exec'd the collector, as Popen does for one exec.
+
+    The steps' command lines are known (suffixes of ``chain``); the collector
+    runs once ``/proc/<pid>/cmdline`` is none of them (a script's interpreter
+    rewrites it, so equality with ``argv`` is not required). An exit before
+    that is a failed set-up, not a crash; the child is reaped here.
+    """
+    steps = {tuple(chain[i:]) for i in range(len(chain) - len(argv))}
+    deadline = time.monotonic() + EXEC_WAIT_SECONDS
+    cmdline_path = f"/proc/{popen.pid}/cmdline"
+    while time.monotonic() < deadline:
+        try:
+            status = os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            status = None
+        if status is not None:
+            code = popen.wait()
+            if code == 126 and held_open_for_writing(argv[0]):
+                return None
+            raise SpawnFailed(
+                f"cannot start {argv[0]}: setting up the child failed (exit {code}: "
+                "control group, resource limits or user switch; its output says which)"
+            )
+        try:
+            with open(cmdline_path, "rb") as handle:
+                parts = handle.read().split(b"\0")[:-1]
+            seen = tuple(part.decode(errors="replace") for part in parts)
+        except OSError:
+            seen = ()
+        if seen and seen not in steps:
+            return popen
+        time.sleep(EXEC_POLL_SECONDS)
+    return popen

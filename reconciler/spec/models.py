@@ -52,6 +52,8 @@ class ResourceLimits(_Frozen):
     """cgroup ``pids.max`` where available, else ``RLIMIT_NPROC``."""
     cpu_max_percent: Annotated[float, Field(gt=0, le=100_000)] | None = None
     """cgroup ``cpu.max`` only; a warning where unavailable. 100 = one core."""
+    core_dump: bool = False
+    """``True``: ``RLIMIT_CORE`` unlimited, so a crash may leave a core file."""
 
 
 class HealthCheck(_Frozen):

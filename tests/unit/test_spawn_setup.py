@@ -9,7 +9,7 @@ import pytest
 
 from reconciler.errors import SpawnFailed
 from reconciler.process.binary import resolve_binary
-from reconciler.process.spawn import Identity, build_env, rlimits_for
+from reconciler.process.spawn import JOIN_CGROUP, Identity, build_env, exec_chain, rlimits_for
 from reconciler.spec import ResourceLimits
 
 PARENT = {
@@ -119,3 +119,44 @@ def test_rlimits_skip_what_the_cgroup_enforces() -> None:
         (resource.RLIMIT_NOFILE, 10),
     ]
     assert rlimits_for(None, enforced_by_cgroup=set()) == []
+
+
+NOBODY = Identity(65534, 65534, (65534, 100), "nobody", "/nonexistent", "/bin/false")
+PROCS = "/sys/fs/cgroup/r/a/cgroup.procs"
+
+
+@pytest.mark.parametrize(
+    ("cgroup_procs", "rlimits", "identity", "steps", "popen_user"),
+    [
+        pytest.param(None, [], None, [], None, id="nothing-to-set-up-execs-directly"),
+        pytest.param(None, [], NOBODY, [], 65534, id="user-alone-is-popens-own"),
+        pytest.param(PROCS, [], None, ["sh"], None, id="cgroup"),
+        pytest.param(None, [(resource.RLIMIT_NOFILE, 9)], None, ["prlimit"], None, id="rlimits"),
+        pytest.param(
+            PROCS,
+            [(resource.RLIMIT_NOFILE, 9)],
+            NOBODY,
+            ["sh", "prlimit", "setpriv"],
+            None,
+            id="all-three-user-last",
+        ),
+    ],
+)
+def test_exec_chain_orders_the_steps(cgroup_procs, rlimits, identity, steps, popen_user) -> None:
+    argv = ["/usr/bin/collector", "--flag", "; rm -rf /"]
+    plan = exec_chain(argv, cgroup_procs=cgroup_procs, rlimits=rlimits, identity=identity)
+    assert plan.argv[-len(argv) :] == argv, "the collector's argv ends the chain, untouched"
+    assert plan.user == popen_user
+    names = [os.path.basename(part) for part in plan.argv[: -len(argv)]]
+    assert [n for n in names if n in ("sh", "prlimit", "setpriv")] == steps
+    if cgroup_procs is not None:
+        # The spec's values are arguments, never part of the shell program.
+        assert plan.argv[1:3] == ["-c", JOIN_CGROUP] and PROCS in plan.argv
+    if identity is not None and steps:
+        assert "--reuid=65534" in plan.argv and "--groups=65534,100" in plan.argv
+
+
+def test_exec_chain_sets_core_unlimited() -> None:
+    limits = rlimits_for(ResourceLimits(core_dump=True), enforced_by_cgroup=set())
+    plan = exec_chain(["/bin/true"], cgroup_procs=None, rlimits=limits, identity=None)
+    assert "--core=unlimited:unlimited" in plan.argv

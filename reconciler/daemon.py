@@ -171,7 +171,9 @@ class Daemon:
             for problem in exc.problems:
                 log.error("config reload refused, keeping the running config: %s", problem)
         finally:
-            sd_notify("READY=1")
+            # A SIGHUP during start-up: READY=1 waits for the first full reconcile.
+            if self.reconciler.ready.is_set():
+                sd_notify("READY=1")
 
     def reload_or_raise(self) -> None:
         """Re-read the config file; ``InvalidSpec`` (config kept) if it is not valid.
@@ -280,6 +282,7 @@ class Daemon:
             log.info("killed %d processes left by collectors that died unwatched", len(killed))
 
     async def run(self) -> int:
+        self._handle_signals()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.manager.add_listener(self._on_manager_event)
@@ -292,10 +295,6 @@ class Daemon:
             await self._stop_servers()
             return 1
         await self.adopt(load_state(self.state_path, on_error=self._state_file_error))
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
-        loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
         log.info(
             "reconciler %s (pid %d) watching %s; state in %s",
             _version(),
@@ -346,6 +345,24 @@ class Daemon:
     async def _notify_when_ready(self) -> None:
         await self.reconciler.ready.wait()
         sd_notify("READY=1", f"STATUS=reconciling {len(self.reconciler.snapshot.specs)} specs")
+
+    def _handle_signals(self) -> None:
+        """Handlers for every signal DESIGN gives a meaning to, before anything else is done.
+
+        As PID 1 (the container image's entrypoint) the kernel drops every
+        signal this process has no handler for: a SIGTERM during start-up
+        (servers, adoption) would be lost, and the runtime would SIGKILL the
+        reconciler and its collectors at the end of its grace period; a SIGINT
+        would raise KeyboardInterrupt. Elsewhere the default action would end
+        the daemon without stopping a collector. A stop asked for early is
+        acted on once start-up is done (``run_until`` finds the event set).
+        Orphans (PID 1 inherits every one in its namespace) are reaped on
+        SIGCHLD by the process driver's exit watcher.
+        """
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def _request_stop(self, name: str) -> None:
         sd_notify("STOPPING=1")

@@ -14,7 +14,7 @@ embedder's — as httpx ships ``MockTransport`` beside its real transport.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -130,5 +130,9 @@ class ProcessDriver(Protocol):
     def all_tree_pids(self, runs: Mapping[str, Run]) -> dict[str, list[int]]:
         """``tree_pids`` of many runs in one sweep."""
 
-    async def sweep_stale(self, owned: set[Path]) -> list[int]:
-        """Kill processes left in run cgroups that no live run owns; their pids."""
+    async def sweep_stale(self, owned: Sequence[Run]) -> list[int]:
+        """Kill what an earlier reconciler left that no live run owns; their pids.
+
+        With cgroups: processes in run cgroups of no owned run. Without: processes
+        carrying this driver's instance mark whose session is no owned run's.
+        """

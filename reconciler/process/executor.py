@@ -18,7 +18,6 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from reconciler.errors import (
@@ -542,8 +541,8 @@ class Executor:
 
     # -- shutting down ----------------------------------------------------------
 
-    def owned_cgroups(self) -> set[Path]:
-        return {r.run.cgroup_path for r in self.records.values() if r.run and r.run.cgroup_path}
+    def owned_runs(self) -> list[Run]:
+        return [r.run for r in self.records.values() if r.run is not None]
 
 
 async def _first_of(*futures: asyncio.Future[Any]) -> None:

@@ -23,8 +23,7 @@ from __future__ import annotations
 import asyncio
 import signal as signals
 from collections import deque
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 from reconciler.errors import ProcessNotFound, SpawnFailed
 from reconciler.process.clock import Clock, ManualClock
@@ -175,5 +174,5 @@ class FakeDriver:
     def all_tree_pids(self, runs: Mapping[str, Run]) -> dict[str, list[int]]:
         return {cid: self.tree_pids(run) for cid, run in runs.items()}
 
-    async def sweep_stale(self, owned: set[Path]) -> list[int]:
+    async def sweep_stale(self, owned: Sequence[Run]) -> list[int]:
         return []

@@ -265,8 +265,13 @@ class CollectorProcessManager:
             record.applied = Applied(wanted.spec, wanted.spec_hash, wanted.process_hash)
 
     async def sweep_stale_cgroups(self) -> list[int]:
-        """Kill what is left in run cgroups no collector owns (call after adopting)."""
-        return await self.driver.sweep_stale(self.executor.owned_cgroups())
+        """Kill what an earlier manager left that no collector owns (call after adopting).
+
+        Its cgroups' processes, or without cgroups the processes marked with
+        this manager's ``cgroup_name``: a start that a crash kept from being
+        recorded never yields a second process for the collector.
+        """
+        return await self.driver.sweep_stale(self.executor.owned_runs())
 
     def run_identity(self, collector_id: str) -> RunIdentity | None:
         """What a later manager needs to adopt this collector's process."""

@@ -18,7 +18,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,7 +35,9 @@ from reconciler.process.tree import (
     group_members,
     kernel_state,
     members_by_leader,
+    pids_with_env,
     process_start_ticks,
+    session_and_group,
 )
 from reconciler.spec.models import CollectorConfig, HealthCheck, ResourceLimits
 
@@ -80,6 +82,7 @@ class PosixDriver:
         self._child_subreaper = child_subreaper
         self._want_cgroups = cgroups
         self._cgroup_name = cgroup_name
+        self._instance = cgroup_name
         self._cgroup_delegated = cgroup_delegated
         self._tree: CgroupTree | None = None
         self._watcher: ExitWatcher | None = None
@@ -140,7 +143,11 @@ class PosixDriver:
         child.check_launchable(config)
         identity = child.resolve_identity(config.user, config.group)
         env = child.build_env(
-            collector_id=collector_id, spec_env=config.env, identity=identity, parent_env=os.environ
+            collector_id=collector_id,
+            spec_env=config.env,
+            identity=identity,
+            parent_env=os.environ,
+            instance=self._instance,
         )
         limits = config.resource_limits
         # mkdir and open in cgroupfs take the kernel's cgroup locks: off the loop.
@@ -341,13 +348,14 @@ class PosixDriver:
         by_leader = members_by_leader({run.pid for run in runs.values()})
         return {cid: by_leader[run.pid] for cid, run in runs.items()}
 
-    async def sweep_stale(self, owned: set[Path]) -> list[int]:
+    async def sweep_stale(self, owned: Sequence[Run]) -> list[int]:
         await self.open()
         if self._tree is None:
-            return []
+            return await self._sweep_marked(owned)
+        owned_paths = {run.cgroup_path for run in owned if run.cgroup_path is not None}
         killed: list[int] = []
         for stale in self._tree.children():
-            if stale.path in owned:
+            if stale.path in owned_paths:
                 continue
             pids = stale.pids()
             if pids:
@@ -358,6 +366,27 @@ class PosixDriver:
                     await asyncio.sleep(ESCAPEE_SETTLE_SECONDS)
             stale.remove()
         return killed
+
+    async def _sweep_marked(self, owned: Sequence[Run]) -> list[int]:
+        """Without cgroups: kill marked processes outside every owned run's session."""
+        if self._instance is None:
+            return []
+        leaders = {run.pid for run in owned}
+        mark = f"{child.INSTANCE_ENV}={self._instance}".encode()
+        stale = [
+            pid
+            for pid in pids_with_env(mark)
+            if pid != os.getpid() and not leaders & {pid, *session_and_group(pid)}
+        ]
+        for pid in stale:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = self.clock.now() + 5.0
+        while any(kernel_state(pid) not in (None, "Z", "X") for pid in stale):
+            if self.clock.now() >= deadline:
+                break
+            await asyncio.sleep(ESCAPEE_SETTLE_SECONDS)
+        return stale
 
     # -- probes -------------------------------------------------------------------
 

@@ -46,6 +46,9 @@ INHERITED_ENV_KEYS = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "HOME", "USER"
 """What a collector inherits from the reconciler's environment (plus ``LC_*``)."""
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 COLLECTOR_ID_ENV = "RECONCILER_COLLECTOR_ID"
+INSTANCE_ENV = "RECONCILER_INSTANCE"
+"""Names the reconciler (its state dir's tree) a process was started by: found in
+``/proc`` after a crash of the reconciler when there are no cgroups to look in."""
 ETXTBSY_RETRIES = 20
 SETUP_FAILED_EXIT = 125
 """Exit status of a set-up step that failed before the collector was exec'd."""
@@ -113,6 +116,7 @@ def build_env(
     spec_env: Mapping[str, str],
     identity: Identity | None,
     parent_env: Mapping[str, str],
+    instance: str | None = None,
 ) -> dict[str, str]:
     """A minimal inherited base, the run-as user's identity, then the spec's env on top."""
     env = {key: parent_env[key] for key in INHERITED_ENV_KEYS if key in parent_env}
@@ -121,6 +125,8 @@ def build_env(
     if identity is not None:
         env.update(HOME=identity.home, USER=identity.name, LOGNAME=identity.name)
     env[COLLECTOR_ID_ENV] = collector_id
+    if instance is not None:
+        env[INSTANCE_ENV] = instance
     env.update(spec_env)
     return env
 

@@ -42,6 +42,31 @@ def kernel_state(pid: int) -> str | None:
     return data[end + 2 : end + 3].decode()
 
 
+def pids_with_env(entry: bytes) -> list[int]:
+    """Live processes whose initial environment holds ``entry`` (``KEY=value``), exactly."""
+    wanted = entry + b"\0"
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as environ:
+                data = b"\0" + environ.read()
+        except OSError:
+            continue
+        if b"\0" + wanted in data or data.endswith(b"\0" + entry):
+            found.append(int(name))
+    return sorted(found)
+
+
+def session_and_group(pid: int) -> tuple[int, ...]:
+    """The session and process group ids of ``pid``; empty if it is gone."""
+    try:
+        return (os.getsid(pid), os.getpgid(pid))
+    except OSError:
+        return ()
+
+
 def group_members(leader: int) -> list[int]:
     """Live processes whose session or process group is ``leader``'s (no cgroups)."""
     members: set[int] = set()

@@ -9,10 +9,18 @@ not UTF-8.
 from __future__ import annotations
 
 # ruff: noqa: F811 - `daemons` is the fixture imported below, taken as an argument
+import contextlib
 import http.client
 import json
+import os
+import pwd
 import re
+import shutil
+import signal
 import socket
+import subprocess
+import tempfile
+import time
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -25,7 +33,15 @@ from tests.e2e.test_adoption import (
     daemons,  # noqa: F401 - the fixture
 )
 from tests.e2e.test_run import Daemon, spec
-from tests.support import kernel_state, wait_for
+from tests.support import (
+    DAEMON_TREES,
+    MARK_ENV,
+    RECONCILER,
+    daemon_tree_name,
+    kernel_state,
+    marked_pids,
+    wait_for,
+)
 
 
 def _post(socket_path: Path, path: str) -> tuple[int, str]:
@@ -146,3 +162,83 @@ def test_status_carries_the_error_code(tmp_path: Path, daemons: list[Daemon]) ->
     assert status["last_error_code"] == "SPAWN_FAILED"
     table = _cli(daemon, "status")
     assert "SPAWN_FAILED" in table.stdout, table.stdout
+
+
+KILLER = """#!/bin/sh
+# The first run SIGKILLs the reconciler the moment it has started us: a crash
+# during a start, before the start can be recorded anywhere.
+if [ ! -e "$1" ]; then : > "$1"; kill -KILL "$PPID"; fi
+exec sleep 300
+"""
+
+
+@pytest.mark.parametrize(
+    "as_user",
+    [
+        pytest.param(None, id="root-with-cgroups"),
+        pytest.param("nobody", id="unprivileged-without-cgroups"),
+    ],
+)
+@pytest.mark.timeout(90)
+def test_a_sigkill_during_a_start_never_yields_a_second_process(
+    tmp_path: Path, as_user: str | None
+) -> None:
+    if as_user is not None and os.geteuid() != 0:
+        pytest.skip("needs root to run the reconciler as another user")
+    # A directory the unprivileged reconciler can use (tmp_path's parents are 0700).
+    root = Path(tempfile.mkdtemp(prefix="reconciler-kill-"))
+    daemons: list[subprocess.Popen[bytes]] = []
+    mark = f"kill-during-start-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        specs, state = root / "specs", root / "state"
+        specs.mkdir()
+        script = root / "collector.sh"
+        script.write_text(KILLER)
+        script.chmod(0o755)
+        (specs / "a.toml").write_text(
+            f'type = "killer"\nbinary_path = "{script}"\nargs = ["{root / "started-once"}"]\n'
+            f'env = {{ {MARK_ENV} = "{mark}" }}\n'
+        )
+        if as_user is not None:
+            entry = pwd.getpwnam(as_user)
+            for path in (root, specs, specs / "a.toml", script):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            root.chmod(0o755)
+        prefix = (
+            []
+            if as_user is None
+            else ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
+        )
+
+        def launch(n: int) -> subprocess.Popen[bytes]:
+            stderr = (root / f"reconciler-{n}.stderr").open("wb")
+            DAEMON_TREES.add(daemon_tree_name(state))
+            daemon = subprocess.Popen(
+                [*prefix, RECONCILER, "run", "--specs", str(specs), "--state-dir", str(state),
+                 "--metrics-address", "127.0.0.1:0", "--socket", str(state / "api.sock")],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            )
+            stderr.close()
+            daemons.append(daemon)
+            return daemon
+
+        first = launch(1)
+        assert first.wait(timeout=30) == -signal.SIGKILL, "the collector's kill reached it"
+        wait_for(lambda: marked_pids(mark), message="the first collector outlived its reconciler")
+        launch(2)
+        stderr = root / "reconciler-2.stderr"
+        wait_for(lambda: "a: pid" in stderr.read_text(), message="the second reconciler started a")
+        # Exactly one process for the collector, and it stays one.
+        [pid] = wait_for(lambda: len(marked_pids(mark)) == 1 and marked_pids(mark),
+                         message="one process for a")
+        assert "killed 1 processes left by collectors that died unwatched" in stderr.read_text()
+        assert marked_pids(mark) == [pid]
+    finally:
+        for daemon in daemons:
+            if daemon.poll() is None:
+                daemon.terminate()
+                daemon.wait(timeout=30)
+        for pid in marked_pids(mark):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)

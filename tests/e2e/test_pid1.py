@@ -172,7 +172,13 @@ class Pid1Daemon:
         os.kill(self.init_pid(), signum)
 
     def wait_exit(self) -> int:
-        return self.unshare.wait(timeout=STOP_TIMEOUT_SECONDS)
+        try:
+            return self.unshare.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"PID 1 still runs {STOP_TIMEOUT_SECONDS} s after the signal (was it dropped?)."
+                f"\n{self.stderr}"
+            ) from None
 
     def wait_started(self) -> None:
         wait_for(lambda: "watching" in self.stderr, message="daemon started")

@@ -174,8 +174,9 @@ def test_one_swap_removes_adds_changes_and_keeps(tmp_path: Path, spec_volume: Pa
         assert daemon.collectors() == []
 
 
-def test_config_is_read_through_the_swapped_links_on_sighup(tmp_path: Path) -> None:
-    """The reconciler-config ConfigMap: an edit reaches the pod, applied on SIGHUP."""
+def test_config_is_read_through_the_swapped_links_on_reload(tmp_path: Path) -> None:
+    """The reconciler-config ConfigMap: an edit reaches the pod, applied by a reload
+    (``reconciler reload``, as configmap-config.yaml says, or SIGHUP)."""
     volume = tmp_path / "config"
     volume.mkdir(mode=0o755)
     kubelet_write(volume, {"reconciler.toml": "[process_manager]\nenable_auto_restart = true\n"})
@@ -184,9 +185,14 @@ def test_config_is_read_through_the_swapped_links_on_sighup(tmp_path: Path) -> N
         wait_for(lambda: "watching" in daemon.stderr, message="started")
 
         kubelet_write(volume, {"reconciler.toml": "[process_manager]\nauto_restrat = true\n"})
+        refused = _cli(daemon, "reload")  # `kubectl exec POD -- reconciler reload`
+        assert refused.returncode == 1, refused
+        assert "auto_restrat: unknown key" in refused.stdout + refused.stderr
+
+        kubelet_write(volume, {"reconciler.toml": "[process_manager]\nenable_auto_restrt = 1\n"})
         daemon.process.send_signal(signal.SIGHUP)
         wait_for(lambda: "config reload refused" in daemon.stderr, message="refused")
-        assert "auto_restrat: unknown key" in daemon.stderr
+        assert "enable_auto_restrt: unknown key" in daemon.stderr
 
         kubelet_write(
             volume, {"reconciler.toml": "[process_manager]\nenable_auto_restart = false\n"}

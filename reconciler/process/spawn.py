@@ -330,25 +330,20 @@ def _await_exec(
 
     The steps' command lines are known (suffixes of ``chain``); the collector
     runs once ``/proc/<pid>/cmdline`` is none of them (a script's interpreter
-    rewrites it, so equality with ``argv`` is not required). An exit before
-    that is a failed set-up, not a crash; the child is reaped here.
+    rewrites it, so equality with ``argv`` is not required). A process that
+    exits first is looked at as a zombie (not reaped): its ``comm`` names the
+    program that exited, a set-up step or the collector.
     """
     steps = {tuple(chain[i:]) for i in range(len(chain) - len(argv))}
     deadline = time.monotonic() + EXEC_WAIT_SECONDS
     cmdline_path = f"/proc/{popen.pid}/cmdline"
     while time.monotonic() < deadline:
         try:
-            status = os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            exited = os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
-            status = None
-        if status is not None:
-            code = popen.wait()
-            if code == 126 and held_open_for_writing(argv[0]):
-                return None
-            raise SpawnFailed(
-                f"cannot start {argv[0]}: setting up the child failed (exit {code}: "
-                "control group, resource limits or user switch; its output says which)"
-            )
+            exited = None
+        if exited is not None:
+            return _exited_early(popen, chain, argv)
         try:
             with open(cmdline_path, "rb") as handle:
                 parts = handle.read().split(b"\0")[:-1]
@@ -359,3 +354,41 @@ def _await_exec(
             return popen
         time.sleep(EXEC_POLL_SECONDS)
     return popen
+
+
+TASK_COMM_LEN = 15
+STEP_PROGRAMS = frozenset({os.path.basename(SHELL), "prlimit", "setpriv"})
+
+
+def _exited_early(
+    popen: subprocess.Popen[bytes], chain: list[str], argv: list[str]
+) -> subprocess.Popen[bytes] | None:
+    """The child exited before its exec was seen: a failed step, or a quick collector.
+
+    A quick collector is returned as started (its exit is a normal exit). A
+    step that failed is reaped here and raised as ``SpawnFailed``.
+    """
+    try:
+        with open(f"/proc/{popen.pid}/comm", "rb") as handle:
+            comm = handle.read().strip().decode(errors="replace")
+    except OSError:
+        return popen
+    collector = os.path.basename(argv[0])[:TASK_COMM_LEN]
+    step_names = {
+        name
+        for name in (os.path.basename(part) for part in chain[: len(chain) - len(argv)])
+        if name in STEP_PROGRAMS
+    }
+    if comm not in step_names:
+        return popen
+    status = os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    code = status.si_status if status is not None else None
+    if comm == collector and code != SETUP_FAILED_EXIT:
+        return popen  # e.g. a collector that is itself /bin/sh and exited at once
+    code = popen.wait()
+    if code == 126 and held_open_for_writing(argv[0]):
+        return None
+    raise SpawnFailed(
+        f"cannot start {argv[0]}: setting up the child failed in {comm} (exit {code}: "
+        "control group, resource limits or user switch; its output says which)"
+    )

@@ -114,6 +114,21 @@ async def test_a_failed_set_up_step_is_spawn_failed(tmp_path: Path) -> None:
     assert "cannot join control group" in (tmp_path / "a.log").read_text()
 
 
+@pytest.mark.parametrize("script", ["exit 3", "exec false"])
+async def test_a_collector_that_exits_at_once_is_started_not_spawn_failed(
+    manager: CollectorProcessManager, script: str
+) -> None:
+    """Its exit may come before the spawn sees its exec: it is still the collector's exit."""
+    limits = ResourceLimits(open_files=64)
+    await manager.start_collector(
+        "a", "sh", sh(script, resource_limits=limits, auto_restart=False)
+    )
+    await eventually(lambda: manager.status("a").state.value in ("stopped", "failed"))
+    status = manager.status("a")
+    assert "setting up the child failed" not in str(status.last_error)
+    assert status.last_exit_code == (3 if script == "exit 3" else 1)
+
+
 async def test_each_run_starts_a_fresh_log_and_keeps_the_previous_one(
     manager: CollectorProcessManager,
 ) -> None:

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 EVENTS_KEPT = 1000
 LOG_ROTATION_INTERVAL_SECONDS = 10.0
+"""Between log size checks while no log grows past its limit."""
+LOG_ROTATION_BUSY_SECONDS = 0.25
+"""Between checks right after a rotation: a flooding collector is cut back fast."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,8 +260,9 @@ class Reconciler:
     async def _rotate_logs(self) -> None:
         if self.log_dir is None:
             return
+        interval = LOG_ROTATION_INTERVAL_SECONDS
         while True:
-            await asyncio.sleep(LOG_ROTATION_INTERVAL_SECONDS)
+            await asyncio.sleep(interval)
             try:
                 rotated = await asyncio.to_thread(
                     rotate_all,
@@ -271,6 +275,12 @@ class Reconciler:
                 continue
             for path in rotated:
                 log.info("rotated %s", path)
+            # Quick again after a rotation, backing off to the quiet interval.
+            interval = (
+                LOG_ROTATION_BUSY_SECONDS
+                if rotated
+                else min(interval * 2, LOG_ROTATION_INTERVAL_SECONDS)
+            )
 
     def desired(self) -> dict[str, Desired]:
         """The desired state: the snapshot's specs, plus last-known-good for invalid files.

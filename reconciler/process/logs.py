@@ -21,8 +21,8 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def rotate_if_needed(path: Path, *, max_bytes: int, backups: int) -> bool:
                 "wb",
                 buffering=0,  # every byte written once copyfileobj returns: none left to flush
             ) as copy:
-                shutil.copyfileobj(log, copy)
+                _copy_tail(log, copy, max_bytes=max_bytes)
                 # Straight after the copy's last read: lines written in between are lost.
                 os.ftruncate(fd, 0)
         except BaseException:
@@ -94,6 +94,35 @@ def rotate_if_needed(path: Path, *, max_bytes: int, backups: int) -> bool:
             raise
     os.replace(partial, backup_path(path, 1))
     return True
+
+
+COPY_CHUNK_BYTES = 1 << 20
+
+
+def _copy_tail(log: BinaryIO, copy: BinaryIO, *, max_bytes: int) -> None:
+    """Copy the newest ``max_bytes`` at most: a backup is never larger than the limit.
+
+    Reads on to the end of file as the collector keeps writing (so that the
+    window before the truncation stays one read long), but never past
+    ``max_bytes`` in all: a collector that floods its output loses the middle
+    of the flood, not the disk.
+    """
+    end = os.fstat(log.fileno()).st_size
+    start = max(0, end - max_bytes)
+    log.seek(start)
+    copied = 0
+    while copied < max_bytes:
+        chunk = log.read(min(COPY_CHUNK_BYTES, max_bytes - copied))
+        if not chunk:
+            return
+        if start and not copied:
+            # Cut at a line: the backup starts with a whole line where there is one.
+            newline = chunk.find(b"\n")
+            if 0 <= newline < len(chunk) - 1:
+                copied += newline + 1
+                chunk = chunk[newline + 1 :]
+        copy.write(chunk)
+        copied += len(chunk)
 
 
 def rotate_all(log_dir: Path, *, max_bytes: int, backups: int) -> list[Path]:

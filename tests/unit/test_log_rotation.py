@@ -54,16 +54,19 @@ def test_rotates_only_past_max_bytes(log: Path, size_bytes: int, rotated: bool) 
     assert rotate_if_needed(log, max_bytes=100, backups=3) is rotated
 
     assert log.read_bytes() == (b"" if rotated else content)
-    assert backups_of(log) == ({1: content} if rotated else {})
+    # A backup holds the newest max_bytes at most (here no line to cut at).
+    assert backups_of(log) == ({1: content[-100:]} if rotated else {})
 
 
 def test_backups_shift_and_the_oldest_is_dropped(log: Path) -> None:
     generations = [f"generation {n}\n".encode() * 10 for n in range(1, 6)]
     for content in generations:
         log.write_bytes(content)
-        assert rotate_if_needed(log, max_bytes=10, backups=3)
+        assert rotate_if_needed(log, max_bytes=100, backups=3)
 
-    assert backups_of(log) == {1: generations[4], 2: generations[3], 3: generations[2]}
+    # 130 bytes each: the backup keeps the newest whole lines that fit in 100.
+    newest = [f"generation {n}\n".encode() * 7 for n in range(1, 6)]
+    assert backups_of(log) == {1: newest[4], 2: newest[3], 3: newest[2]}
     assert log.read_bytes() == b""
 
 
@@ -74,7 +77,7 @@ def test_backups_beyond_a_lowered_setting_are_removed(log: Path) -> None:
 
     assert rotate_if_needed(log, max_bytes=10, backups=2)
 
-    assert backups_of(log) == {1: b"new" * 10, 2: b"old 1"}
+    assert backups_of(log) == {1: (b"new" * 10)[-10:], 2: b"old 1"}
 
 
 def test_no_backups_means_truncate_only(log: Path) -> None:
@@ -99,7 +102,8 @@ def test_an_append_writer_continues_at_the_start_of_the_truncated_file(
     # No sparse gap where the old content was: the file holds exactly the new line.
     assert log.stat().st_size == len(after)
     assert log.read_bytes() == after
-    assert backup_path(log, 1).read_bytes() == before
+    # The newest whole lines within max_bytes.
+    assert backup_path(log, 1).read_bytes() == b"line before rotation\n" * 4
 
 
 def test_backup_keeps_the_log_file_mode(log: Path, append_fd: int) -> None:
@@ -138,7 +142,7 @@ def test_rotate_all_rotates_every_big_log_directly_in_the_directory(tmp_path: Pa
 
     assert rotated == [tmp_path / "big.log"]
     assert (tmp_path / "big.log").read_bytes() == b""
-    assert (tmp_path / "big.log.1").read_bytes() == b"b" * 100
+    assert (tmp_path / "big.log.1").read_bytes() == b"b" * 10
     assert (tmp_path / "big.log.2").read_bytes() == b"an old backup, not a log" * 10
     assert (tmp_path / "small.log").read_bytes() == b"s"
     assert (tmp_path / "notes.txt").read_bytes() == b"n" * 100
@@ -164,3 +168,19 @@ def test_rotate_all_never_truncates_through_a_symlink_and_goes_on(
     assert rotated == [logs / "b-real.log"]
     assert elsewhere.read_bytes() == b"p" * 100
     assert "a-planted.log" in caplog.text
+
+
+def test_a_flood_never_makes_a_backup_larger_than_the_limit(log: Path, append_fd: int) -> None:
+    """A collector that writes far past the limit between two checks costs only its
+    own old output: each backup is at most max_bytes, ending with the newest line."""
+    for n in range(10_000):
+        os.write(append_fd, b"flood line %05d\n" % n)
+    assert log.stat().st_size > 100 * 1024
+
+    assert rotate_if_needed(log, max_bytes=1024, backups=2)
+
+    backup = backup_path(log, 1).read_bytes()
+    assert len(backup) <= 1024
+    assert backup.endswith(b"flood line 09999\n")
+    assert backup.startswith(b"flood line ")
+    assert log.read_bytes() == b""

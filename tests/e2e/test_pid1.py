@@ -322,6 +322,10 @@ def test_a_signal_during_start_up_is_not_lost(pid1: Pid1Daemon, signum: signal.S
 
     The state file is a FIFO, so start-up (after the servers, before adoption)
     blocks reading it until the test writes: a fixed point inside start-up.
+    Without handlers installed first, the kernel drops SIGTERM and SIGHUP here
+    and SIGINT raises KeyboardInterrupt (exit 130). Should the state file ever
+    be opened without blocking, ``open_writer`` stops finding the reader and
+    this test needs another fixed point.
     """
     fifo = pid1.state / "state.toml"
     os.mkfifo(fifo, 0o600)

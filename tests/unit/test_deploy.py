@@ -489,8 +489,9 @@ def _role_files(part: str) -> list[Path]:
 
 def test_ansible_role_uses_only_variables_it_defines() -> None:
     (defaults,) = _documents(ROLE / "defaults" / "main.yml")
+    (internal,) = _documents(ROLE / "vars" / "main.yml")
     task_files = [*_role_files("tasks"), *_role_files("handlers")]
-    defined = set(defaults) | _MAGIC_VARIABLES
+    defined = set(defaults) | set(internal) | _MAGIC_VARIABLES
     for path in task_files:
         for task in _tasks(_documents(path)[0]):
             if "register" in task:
@@ -498,7 +499,7 @@ def test_ansible_role_uses_only_variables_it_defines() -> None:
             defined |= set(task.get("vars", {}))
             defined.add(task.get("loop_control", {}).get("loop_var", "item"))
     used: dict[str, set[str]] = {}
-    for path in [ROLE / "defaults" / "main.yml", *task_files]:
+    for path in [ROLE / "defaults" / "main.yml", ROLE / "vars" / "main.yml", *task_files]:
         for expression in _expressions(_documents(path)):
             used.setdefault(_rel(path), set()).update(_names(expression))
     for path in sorted((ROLE / "templates").glob("*.j2")):
@@ -530,17 +531,60 @@ def test_ansible_defaults_are_the_config_defaults() -> None:
                 assert re.search(rf"^{key} = .*\b{variable}\b", template, re.M), key
 
 
+_SERVICE_MANAGERS = ("systemd", "background")
+
+
+def _service_manager_condition(task: dict[str, Any]) -> str | None:
+    """The service manager a task or handler is for ("when: reconciler_service_manager == ...")."""
+    conditions = task.get("when", [])
+    for condition in [conditions] if isinstance(conditions, str) else conditions:
+        if match := re.fullmatch(r"reconciler_service_manager == '(\w+)'", condition.strip()):
+            return match.group(1)
+    return None
+
+
 def test_ansible_handlers_and_templates_exist() -> None:
-    handlers = {handler["name"] for handler in _documents(ROLE / "handlers" / "main.yml")[0]}
-    for path in _role_files("tasks"):
+    handlers = _documents(ROLE / "handlers" / "main.yml")[0]
+    topics = {handler.get("listen", handler["name"]) for handler in handlers}
+    for path in [*_role_files("tasks"), *_role_files("handlers")]:
         for task in _tasks(_documents(path)[0]):
             for notified in [task["notify"]] if "notify" in task else []:
-                assert notified in handlers, f"{_rel(path)}: no handler {notified!r}"
+                assert notified in topics, f"{_rel(path)}: no handler {notified!r}"
             for module in ("ansible.builtin.template",):
                 if module in task:
                     assert (ROLE / "templates" / task[module]["src"]).is_file()
             if "ansible.builtin.import_tasks" in task:
                 assert (ROLE / "tasks" / task["ansible.builtin.import_tasks"]).is_file()
+    (internal,) = _documents(ROLE / "vars" / "main.yml")
+    script = internal["reconciler_background_command"].split()[0]
+    assert (ROLE / "files" / script).is_file(), script
+
+
+def test_ansible_every_notification_has_a_handler_for_each_service_manager() -> None:
+    """A restart or a reload is never silently dropped on a host, whichever way
+    the daemon runs there; and no handler of one manager runs on a host of the other."""
+    handlers = _documents(ROLE / "handlers" / "main.yml")[0]
+    by_topic: dict[str, list[str | None]] = {}
+    for handler in handlers:
+        by_topic.setdefault(handler.get("listen", handler["name"]), []).append(
+            _service_manager_condition(handler)
+        )
+    assert by_topic == {topic: list(_SERVICE_MANAGERS) for topic in by_topic}, by_topic
+    assert set(by_topic) == {"Restart reconciler", "Reload reconciler"}
+
+
+def test_ansible_systemd_and_background_steps_are_each_conditional() -> None:
+    """systemd modules run only under systemd, the background helper only without it."""
+    checked = 0
+    for path in [*_role_files("tasks"), *_role_files("handlers")]:
+        for task in _tasks(_documents(path)[0]):
+            if "ansible.builtin.systemd_service" in task:
+                assert _service_manager_condition(task) == "systemd", task["name"]
+                checked += 1
+            if "reconciler_background_command" in str(task.get("ansible.builtin.script")):
+                assert _service_manager_condition(task) == "background", task["name"]
+                checked += 1
+    assert checked == 6  # start, restart and reload, for each
 
 
 def test_ansible_default_paths_point_into_this_checkout() -> None:
@@ -554,17 +598,22 @@ def test_ansible_default_paths_point_into_this_checkout() -> None:
 
 
 def test_ansible_command_lines_are_ones_the_cli_accepts() -> None:
-    """Every argv the role runs with the reconciler binary, with values filled in."""
+    """Every command line the role runs with the reconciler binary, values filled in:
+    argv of a command, and `validate:` of a file it writes."""
     checked = 0
     for path in _role_files("tasks"):
         for task in _tasks(_documents(path)[0]):
             argv = task.get("ansible.builtin.command", {}).get("argv", [])
+            for module in ("ansible.builtin.template", "ansible.builtin.copy"):
+                if "validate" in task.get(module, {}):
+                    line = re.sub(r"\{\{.*?\}\}", "120", task[module]["validate"])
+                    argv = shlex.split(line.replace("%s", "FILE"))
             if not argv or not str(argv[0]).endswith("/bin/reconciler"):
                 continue
             filled = [re.sub(r"\{\{.*?\}\}", "120", str(arg)) for arg in argv[1:]]
             _accepts(filled)
             checked += 1
-    assert checked >= 2  # validate, wait
+    assert checked >= 2  # validate --config, wait
 
 
 def test_ansible_final_step_is_reconciler_wait() -> None:

@@ -20,8 +20,9 @@ Errors have the body ``{"error": {"code", "category", "message"}}``: every
 ``ReconcilerError`` with its own code and HTTP status (DESIGN §5); besides
 those, protocol errors that name no collector — ``NOT_FOUND`` (404, Resource)
 for an unknown route, ``METHOD_NOT_ALLOWED`` (405, Resource), ``BAD_REQUEST``
-(400, Configuration) for a bad query parameter — and ``INTERNAL`` (500,
-Internal) for a bug, which is logged with its traceback.
+(400, Configuration) for a bad query parameter or body, and for a request the HTTP
+parser refuses (``reconciler.api.protocol``) — and ``INTERNAL`` (500, Internal) for
+a bug, which is logged with its traceback.
 
 Pause, resume and restart are operator overrides (DESIGN §7) carried out by the
 reconcile loop; these handlers set them and wait, bounded, until they have

@@ -19,6 +19,15 @@ RECHECK_SECONDS = 0.25
 SHUTDOWN_TIMEOUT_SECONDS = 2.0
 """On stop, requests still waiting (a pause under way) get this long before being cancelled."""
 
+PLAN_BODY_MAX_BYTES = 16 * 1024 * 1024
+"""The largest request body (``POST /api/v1/plan``): a whole spec tree for ``reconciler diff``
+fits, each spec file being at most 1 MiB. A larger body is 413."""
+MAX_PLAN_FILES = 10_000
+"""The most spec files one ``POST /api/v1/plan`` may name."""
+MAX_REQUEST_LINE_BYTES = 8190
+"""The longest request line (method, path and query) and the longest header line: longer is
+400 ``BAD_REQUEST``, answered before any route is looked up (aiohttp's own default)."""
+
 RECONCILER_KEY = web.AppKey("reconciler", Reconciler)
 SERVER_KEY: web.AppKey[ApiServer] = web.AppKey("server")  # the server holding the app
 

@@ -12,10 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
-from reconciler.api.constants import HTTP_ERRORS, RECHECK_SECONDS, RECONCILER_KEY, SERVER_KEY
+from reconciler.api.constants import (
+    MAX_PLAN_FILES,
+    RECHECK_SECONDS,
+    RECONCILER_KEY,
+    SERVER_KEY,
+)
 from reconciler.api.openapi import document
 from reconciler.api.peers import peer_of
-from reconciler.api.views import error_body, event_to_json, view_to_json
+from reconciler.api.views import event_to_json, http_error_body, view_to_json
 from reconciler.errors import (
     InvalidSpec,
     InvalidState,
@@ -59,17 +64,11 @@ async def errors(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        # Only DESIGN §5's codes: any other client error is a bad request, any
-        # other server error internal (413 for an oversized body, say).
-        fallback = (
-            ("BAD_REQUEST", "Configuration") if exc.status < 500 else ("INTERNAL", "Internal")
-        )
-        code, category = HTTP_ERRORS.get(exc.status, fallback)
         message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else None
         message = message or f"{request.method} {request.path}: {exc.reason}"
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return web.json_response(
-            error_body(code, category, message), status=exc.status, headers=allow
+            http_error_body(exc.status, message), status=exc.status, headers=allow
         )
     except Exception as exc:
         log.exception("control API: %s %s failed", request.method, request.path)
@@ -264,10 +263,6 @@ async def reload(request: web.Request) -> web.Response:
         reload()  # raises InvalidSpec (422) if the config file is refused
     await _rescan(reconciler)
     return web.json_response({"reloaded": True})
-
-
-MAX_PLAN_FILES = 10_000
-PLAN_BODY_MAX_BYTES = 16 * 1024 * 1024
 
 
 async def plan(request: web.Request) -> web.Response:

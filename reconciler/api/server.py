@@ -3,6 +3,7 @@ a live daemon."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -20,12 +21,13 @@ from aiohttp import web
 from reconciler.api.constants import (
     ACTION_TIMEOUT_SECONDS,
     API_PREFIX,
+    MAX_REQUEST_LINE_BYTES,
+    PLAN_BODY_MAX_BYTES,
     RECONCILER_KEY,
     SERVER_KEY,
     SHUTDOWN_TIMEOUT_SECONDS,
 )
 from reconciler.api.handlers import (
-    PLAN_BODY_MAX_BYTES,
     admit,
     errors,
     events,
@@ -39,6 +41,7 @@ from reconciler.api.handlers import (
     resume,
 )
 from reconciler.api.peers import Admission
+from reconciler.api.protocol import Connection
 from reconciler.errors import (
     AlreadyRunning,
     Io,
@@ -77,6 +80,7 @@ class ApiServer:
         self.reload = reload
         self.action_timeout_seconds = action_timeout_seconds
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.AbstractServer | None = None
         self._lock_fd: int | None = None
         self._socket_identity: tuple[int, int] | None = None
 
@@ -119,7 +123,7 @@ class ApiServer:
             )
             await runner.setup()
             self._runner = runner
-            await _serve_privately(runner, path, group=self.admission.gid)
+            self._listener = await _serve_privately(runner, path, group=self.admission.gid)
             st = os.stat(path)
             self._socket_identity = (st.st_dev, st.st_ino)
         except BaseException:
@@ -129,9 +133,14 @@ class ApiServer:
 
     async def stop(self) -> None:
         """Stop serving and remove the socket (if it is still ours)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         runner, self._runner = self._runner, None
         if runner is not None:
-            await runner.cleanup()
+            await runner.cleanup()  # closes the connections, waits for their requests
+        if listener is not None:
+            await listener.wait_closed()
         identity, self._socket_identity = self._socket_identity, None
         if identity is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -197,7 +206,9 @@ def _refuse_live_socket(path: Path) -> None:
     )
 
 
-async def _serve_privately(runner: web.AppRunner, path: Path, *, group: int | None) -> None:
+async def _serve_privately(
+    runner: web.AppRunner, path: Path, *, group: int | None
+) -> asyncio.AbstractServer:
     """Listen on ``path`` with mode 0600 (0660 for ``group``), never more open for a moment.
 
     A new socket file gets 0777 less the umask; chmod after bind would leave a
@@ -206,6 +217,9 @@ async def _serve_privately(runner: web.AppRunner, path: Path, *, group: int | No
     another thread would inherit it). So the socket is bound in a fresh 0700
     directory no one else can enter, made 0600 there, then renamed into place
     in one step — which also replaces a stale socket without a gap.
+
+    Served with ``Connection`` rather than aiohttp's own handler (what a ``UnixSite``
+    would use), so that even a request aiohttp cannot parse is answered in JSON.
     """
     try:
         private = Path(tempfile.mkdtemp(prefix=".", dir=path.parent))
@@ -213,9 +227,20 @@ async def _serve_privately(runner: web.AppRunner, path: Path, *, group: int | No
         raise Io(f"cannot create a socket in {path.parent}: {exc.strerror or exc}") from exc
     try:
         temporary = private / "s"
-        site = web.UnixSite(runner, str(temporary))
+        server = runner.server
+        assert server is not None  # set up by the caller
+        loop = asyncio.get_running_loop()
+
+        def connection() -> Connection:
+            return Connection(
+                server,
+                loop=loop,
+                max_line_size=MAX_REQUEST_LINE_BYTES,
+                max_field_size=MAX_REQUEST_LINE_BYTES,
+            )
+
         try:
-            await site.start()
+            listener = await loop.create_unix_server(connection, str(temporary))
         except OSError as exc:
             raise Io(f"cannot listen on {path}: {exc.strerror or exc}") from exc
         try:
@@ -224,6 +249,8 @@ async def _serve_privately(runner: web.AppRunner, path: Path, *, group: int | No
             os.chmod(temporary, 0o600 if group is None else 0o660)
             os.rename(temporary, path)
         except OSError as exc:
+            listener.close()
             raise Io(f"cannot create {path}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(private, ignore_errors=True)
+    return listener

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from reconciler.api.constants import HTTP_ERRORS
 from reconciler.loop import CollectorView, Event
 from reconciler.spec.models import CollectorSpec
 from reconciler.state import HealthStatus
@@ -88,3 +89,11 @@ def event_to_json(event: Event) -> dict[str, Any]:
 
 def error_body(code: str, category: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "category": category, "message": message}}
+
+
+def http_error_body(status: int, message: str) -> dict[str, Any]:
+    """The §5 body of an HTTP-level error: its own code where §5 has one, else any other
+    client error is a bad request (413, say) and any other server error internal."""
+    fallback = ("BAD_REQUEST", "Configuration") if status < 500 else ("INTERNAL", "Internal")
+    code, category = HTTP_ERRORS.get(status, fallback)
+    return error_body(code, category, message)

@@ -7,6 +7,8 @@ socket's mode and ownership rules, and that env values never leave the daemon.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -580,6 +582,46 @@ async def test_plan_refuses_invalid_specs_and_bodies(api: Api) -> None:
 
 # -- hostile requests -----------------------------------------------------------------------------
 
+CATEGORY = {
+    "BAD_REQUEST": "Configuration",
+    "NOT_FOUND": "Resource",
+    "METHOD_NOT_ALLOWED": "Resource",
+    "PROCESS_NOT_FOUND": "Resource",
+}
+"""DESIGN §5: the category of each code a hostile request may get."""
+
+
+def refused(status: int, content_type: str, text: str, *, expect: int, code: str) -> dict[str, Any]:
+    """Check a DESIGN §5 error answer; return its ``error``."""
+    assert status == expect, text
+    assert content_type == "application/json", (content_type, text)
+    body = json.loads(text)
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "category", "message"}
+    error: dict[str, Any] = body["error"]
+    assert (error["code"], error["category"]) == (code, CATEGORY[code]), text
+    assert isinstance(error["message"], str) and error["message"].strip()
+    assert "Traceback" not in text and 'File "' not in text
+    return error
+
+
+async def raw_exchange(socket_path: Path, request: bytes) -> tuple[int, str, str]:
+    """Send bytes as they are (no client tidies them up); status, content type and body."""
+    reader, writer = await asyncio.open_unix_connection(str(socket_path))
+    try:
+        writer.write(request)
+        await writer.drain()
+        # Every answer here ends the connection: Connection: close, or a refused request.
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    content_type = headers.get("Content-Type", "").split(";")[0]
+    return int(lines[0].split()[1]), content_type, body.decode()
+
 
 @pytest.mark.parametrize(
     ("method", "path", "status", "code"),
@@ -587,26 +629,104 @@ async def test_plan_refuses_invalid_specs_and_bodies(api: Api) -> None:
         pytest.param("GET", "/api/v1/collectors/..%2Fx", 404, "PROCESS_NOT_FOUND", id="dotdot"),
         # The router normalises "%2e%2e" away: no collector route matches at all.
         pytest.param("GET", "/api/v1/collectors/%2e%2e", 404, "NOT_FOUND", id="dots"),
+        pytest.param("GET", "/api/v1/collectors/%2F", 404, "PROCESS_NOT_FOUND", id="slash"),
         pytest.param(
             "GET", "/api/v1/collectors/" + "a" * 5000, 404, "PROCESS_NOT_FOUND", id="long"
         ),
+        # Past MAX_REQUEST_LINE_BYTES: refused by the HTTP parser, still in JSON.
+        pytest.param(
+            "GET", "/api/v1/collectors/" + "a" * 10_000, 400, "BAD_REQUEST", id="10000-chars"
+        ),
+        pytest.param(
+            "POST",
+            "/api/v1/collectors/" + "a" * 10_000 + "/pause",
+            400,
+            "BAD_REQUEST",
+            id="10000-chars-pause",
+        ),
         pytest.param("GET", "/api/v1/collectors/%00", 404, "PROCESS_NOT_FOUND", id="nul"),
+        pytest.param("GET", "/api/v1/collectors/web%00", 404, "PROCESS_NOT_FOUND", id="nul-in"),
+        pytest.param("GET", "/api/v1/collectors/wéb", 404, "PROCESS_NOT_FOUND", id="unicode"),
+        pytest.param("GET", "/api/v1/collectors/日本", 404, "PROCESS_NOT_FOUND", id="cjk"),
+        pytest.param("GET", "/api/v1/collectors/\U0001f980", 404, "PROCESS_NOT_FOUND", id="emoji"),
+        pytest.param("GET", "/api/v1/collectors/%ff%fe", 404, "PROCESS_NOT_FOUND", id="not-utf8"),
         pytest.param("POST", "/api/v1/collectors/%2e%2e/pause", 404, "NOT_FOUND", id="pause"),
         pytest.param("GET", "/api/v1/nothing-here", 404, "NOT_FOUND", id="unknown-route"),
+        pytest.param("GET", "/", 404, "NOT_FOUND", id="root"),
+        pytest.param("GET", "/api/v2/collectors", 404, "NOT_FOUND", id="other-version"),
+        pytest.param("POST", "/api/v1/collectors/web/kill", 404, "NOT_FOUND", id="unknown-verb"),
         pytest.param("DELETE", "/api/v1/collectors", 405, "METHOD_NOT_ALLOWED", id="method"),
+        pytest.param("PUT", "/api/v1/collectors/web", 405, "METHOD_NOT_ALLOWED", id="put"),
+        pytest.param("GET", "/api/v1/reload", 405, "METHOD_NOT_ALLOWED", id="get-a-post"),
+        pytest.param("PATCH", "/api/v1/plan", 405, "METHOD_NOT_ALLOWED", id="patch"),
         pytest.param("GET", "/api/v1/events?limit=-1", 400, "BAD_REQUEST", id="limit"),
+        pytest.param("GET", "/api/v1/events?limit=" + "9" * 5000, 400, "BAD_REQUEST", id="huge"),
         pytest.param("GET", "/api/v1/collectors?rescan=maybe", 400, "BAD_REQUEST", id="flag"),
     ],
 )
 async def test_hostile_requests_get_a_4xx_with_the_error_body(
-    api: Api, method: str, path: str, status: int, code: str
+    api: Api, method: str, path: str, status: int, code: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with api.session.request(method, path) as response:
         text = await response.text()
-    assert response.status == status, text
-    body = json.loads(text)
-    assert body["error"]["code"] == code and set(body["error"]) == {"code", "category", "message"}
-    assert "Traceback" not in text
+    refused(response.status, response.content_type, text, expect=status, code=code)
+    if status == 405:
+        assert response.headers["Allow"]
+    assert not [r for r in caplog.records if r.exc_info], "refused without a traceback"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        # What a client library would tidy up (or refuse to send) before it reached the API.
+        pytest.param(b"GET /api/v1/collectors/../x HTTP/1.1", 404, "NOT_FOUND", id="dotdot"),
+        pytest.param(b"GET /api/v1/../../etc/passwd HTTP/1.1", 404, "NOT_FOUND", id="escape"),
+        pytest.param(
+            "GET /api/v1/collectors/wéb HTTP/1.1".encode(), 400, "BAD_REQUEST", id="raw-utf8"
+        ),
+        pytest.param(b"GET /api/v1/collectors/a\x00b HTTP/1.1", 400, "BAD_REQUEST", id="raw-nul"),
+        pytest.param(b"G@T /api/v1/collectors HTTP/1.1", 400, "BAD_REQUEST", id="bad-method"),
+        pytest.param(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 400, "BAD_REQUEST", id="tls"),
+        pytest.param(
+            b"GET /api/v1/collectors HTTP/1.1\r\nX-Big: " + b"a" * 9000,
+            400,
+            "BAD_REQUEST",
+            id="long-header",
+        ),
+        pytest.param(
+            b"GET /api/v1/collectors HTTP/1.1" + b"".join(b"\r\nX-%d: 1" % i for i in range(200)),
+            400,
+            "BAD_REQUEST",
+            id="many-headers",
+        ),
+        pytest.param(
+            b"POST /api/v1/plan HTTP/1.1\r\nContent-Length: ten", 400, "BAD_REQUEST", id="length"
+        ),
+        pytest.param(
+            b"POST /api/v1/plan HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz",
+            400,
+            "BAD_REQUEST",
+            id="chunk-size",
+        ),
+    ],
+)
+async def test_malformed_http_gets_the_error_body(
+    api: Api,
+    socket_path: Path,
+    request_bytes: bytes,
+    status: int,
+    code: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    head = request_bytes if b"\r\n\r\n" in request_bytes else request_bytes + b"\r\n"
+    request = head.replace(b"\r\n", b"\r\nHost: reconciler\r\nConnection: close\r\n", 1)
+    if b"\r\n\r\n" not in request:
+        request += b"\r\n"
+    with caplog.at_level(logging.INFO, logger="reconciler.api"):
+        answer = await raw_exchange(socket_path, request)
+    refused(*answer, expect=status, code=code)
+    assert not [r for r in caplog.records if r.exc_info], "a client's mistake: no traceback"
+    assert (await api.get("/api/v1/collectors"))["collectors"] == [], "still serving"
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from reconciler.api.constants import (
     MAX_PLAN_FILES,
@@ -269,10 +270,7 @@ async def plan(request: web.Request) -> web.Response:
     """``reconciler diff``: spec files in (``{"files": {name: toml}}``; none: the specs
     directory), the lines ``plan()`` would carry out against this daemon's state out."""
     reconciler = _reconciler(request)
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text=f"body: not JSON ({exc})") from exc
+    body = await _json_body(request)
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text='body: must be a JSON object, e.g. {"files": {...}}')
     files = body.get("files")
@@ -293,6 +291,33 @@ async def plan(request: web.Request) -> web.Response:
             "actions": [line.to_json() for line in lines],
         }
     )
+
+
+async def _json_body(request: web.Request) -> object:
+    """The request's JSON body (``{}`` when there is none); any body that is not plain
+    JSON is 400.
+
+    Read as bytes and parsed as UTF-8 whatever charset the Content-Type claims (JSON is
+    UTF-8, RFC 8259; and an unknown charset must not become a 500). Not decompressed:
+    the server is told not to (``Connection``), and a Content-Encoding is refused here,
+    so that no body grows past the size limit once read.
+    """
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding != "identity":
+        raise web.HTTPBadRequest(
+            text=f"body: Content-Encoding {encoding!r} is not accepted; send plain JSON"
+        )
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.read()  # 413 past client_max_size
+    except web.RequestPayloadError as exc:  # a chunk found malformed while reading
+        raise web.HTTPBadRequest(text=f"body: malformed ({exc.__cause__ or exc})") from None
+    try:
+        return json.loads(data) if data else {}
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise web.HTTPBadRequest(text=f"body: not JSON ({reason})") from None
 
 
 async def _rescan(reconciler: Reconciler) -> None:

@@ -237,6 +237,8 @@ async def _serve_privately(
                 loop=loop,
                 max_line_size=MAX_REQUEST_LINE_BYTES,
                 max_field_size=MAX_REQUEST_LINE_BYTES,
+                # A body is taken as sent: no gzip bomb grows past the size limit.
+                auto_decompress=False,
             )
 
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import io
 import json
 import logging
@@ -729,21 +730,59 @@ async def test_malformed_http_gets_the_error_body(
     assert (await api.get("/api/v1/collectors"))["collectors"] == [], "still serving"
 
 
+DEEP = b'{"files": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+"""Nested deeper than any JSON parser recurses."""
+
+
 @pytest.mark.parametrize(
-    "data",
+    ("data", "headers"),
     [
-        pytest.param(b"{not json", id="invalid-json"),
-        pytest.param(b"[1, 2]", id="a-list"),
-        pytest.param(b'{"files": {"x.toml": 1}}', id="not-text"),
-        pytest.param(b"\xff\xfe", id="not-utf8"),
+        pytest.param(b"{not json", {}, id="invalid-json"),
+        pytest.param(b"[1, 2]", {}, id="a-list"),
+        pytest.param(b'{"files": {"x.toml": 1}}', {}, id="not-text"),
+        pytest.param(b"\xff\xfe", {}, id="not-utf8"),
+        pytest.param(DEEP, {}, id="nested-too-deep"),
+        pytest.param(b"not gzip", {"Content-Encoding": "gzip"}, id="bad-gzip"),
+        pytest.param(gzip.compress(b"{}"), {"Content-Encoding": "gzip"}, id="compressed"),
+        pytest.param(b"{}", {"Content-Encoding": "br, zstd"}, id="unknown-encoding"),
     ],
 )
-async def test_a_malformed_plan_body_is_bad_request(api: Api, data: bytes) -> None:
-    headers = {"Content-Type": "application/json"}
+async def test_a_malformed_plan_body_is_bad_request(
+    api: Api, data: bytes, headers: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    headers = {"Content-Type": "application/json", **headers}
     async with api.session.post("/api/v1/plan", data=data, headers=headers) as response:
         text = await response.text()
-    assert response.status == 400, text
-    assert json.loads(text)["error"]["code"] == "BAD_REQUEST"
+    error = refused(response.status, response.content_type, text, expect=400, code="BAD_REQUEST")
+    assert error["message"].startswith(("body", "files")), error
+    assert not [r for r in caplog.records if r.exc_info], "a client's mistake: no traceback"
+
+
+async def test_a_plan_body_is_utf8_whatever_charset_it_claims(api: Api) -> None:
+    """JSON is UTF-8 (RFC 8259); a charset parameter, even one Python does not know,
+    changes nothing."""
+    body = json.dumps({"files": {"wéb.toml": 'type = "x"\n'}}).encode()
+    for charset in ("no-such-charset", "latin-1"):
+        headers = {"Content-Type": f"application/json; charset={charset}"}
+        async with api.session.post("/api/v1/plan", data=body, headers=headers) as response:
+            text = await response.text()
+        error = json.loads(text)["error"]
+        assert (response.status, error["code"]) == (422, "INVALID_SPEC"), text
+        assert "wéb" in error["message"], "read as UTF-8"
+
+
+async def test_a_plan_body_that_breaks_off_is_bad_request(
+    api: Api, socket_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    request = (
+        b"POST /api/v1/plan HTTP/1.1\r\nHost: reconciler\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'6\r\n{"file\r\nzz\r\n'
+    )
+    with caplog.at_level(logging.INFO, logger="reconciler.api"):
+        answer = await raw_exchange(socket_path, request)
+    refused(*answer, expect=400, code="BAD_REQUEST")
+    assert not [r for r in caplog.records if r.exc_info], "a client's mistake: no traceback"
 
 
 async def test_an_oversized_body_is_refused_with_413(api: Api) -> None:

@@ -284,13 +284,27 @@ async def plan(request: web.Request) -> web.Response:
             or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
         ):
             raise web.HTTPBadRequest(text="files: must map file names to TOML text")
-        lines = reconciler.diff({name: text.encode() for name, text in files.items()})
+        lines = reconciler.diff(_utf8(files))
     return web.json_response(
         {
             "differences": sum(line.difference for line in lines),
             "actions": [line.to_json() for line in lines],
         }
     )
+
+
+def _utf8(files: dict[str, str]) -> dict[str, bytes]:
+    """Each file's text as the bytes a spec file would hold; 400 for text no file holds
+    (JSON may escape a lone surrogate, which UTF-8 cannot encode)."""
+    encoded = {}
+    for name, text in files.items():
+        try:
+            encoded[name] = text.encode()
+        except UnicodeEncodeError as exc:
+            raise web.HTTPBadRequest(
+                text=f"files: {name!r}: not Unicode text (a lone surrogate at {exc.start})"
+            ) from None
+    return encoded
 
 
 async def _json_body(request: web.Request) -> object:

@@ -273,17 +273,18 @@ async def plan(request: web.Request) -> web.Response:
     body = await _json_body(request)
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text='body: must be a JSON object, e.g. {"files": {...}}')
+    unknown = sorted(set(body) - {"files"})
+    if unknown:
+        raise web.HTTPBadRequest(text=f'body: unknown key {unknown[0]!r} (only "files")')
     files = body.get("files")
-    if files is None:
+    if "files" not in body:
         await _rescan(reconciler)
         lines = reconciler.diff()
     else:
-        if (
-            not isinstance(files, dict)
-            or len(files) > MAX_PLAN_FILES
-            or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
-        ):
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
             raise web.HTTPBadRequest(text="files: must map file names to TOML text")
+        if len(files) > MAX_PLAN_FILES:
+            raise web.HTTPBadRequest(text=f"files: at most {MAX_PLAN_FILES} (got {len(files)})")
         lines = reconciler.diff(_utf8(files))
     return web.json_response(
         {

@@ -741,6 +741,9 @@ DEEP = b'{"files": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
         pytest.param(b"[1, 2]", {}, id="a-list"),
         pytest.param(b'{"files": {"x.toml": 1}}', {}, id="not-text"),
         pytest.param(b"\xff\xfe", {}, id="not-utf8"),
+        # Neither may mean "the specs directory": a typo must not pass silently.
+        pytest.param(b'{"files": null}', {}, id="files-null"),
+        pytest.param(b'{"file": {"web.toml": ""}}', {}, id="unknown-key"),
         # JSON may escape a lone surrogate; no UTF-8 text holds one.
         pytest.param(b'{"files": {"web.toml": "x = \\"\\ud800\\""}}', {}, id="surrogate"),
         pytest.param(DEEP, {}, id="nested-too-deep"),

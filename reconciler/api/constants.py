@@ -21,7 +21,8 @@ SHUTDOWN_TIMEOUT_SECONDS = 2.0
 
 PLAN_BODY_MAX_BYTES = 16 * 1024 * 1024
 """The largest request body (``POST /api/v1/plan``): a whole spec tree for ``reconciler diff``
-fits, each spec file being at most 1 MiB. A larger body is 413."""
+fits, each spec file being at most 1 MiB. A larger body is 413, refused on its Content-Length
+before any of it is read."""
 MAX_PLAN_FILES = 10_000
 """The most spec files one ``POST /api/v1/plan`` may name."""
 MAX_REQUEST_LINE_BYTES = 8190

@@ -324,6 +324,14 @@ async def _json_body(request: web.Request) -> object:
         )
     if not request.can_read_body:
         return {}
+    announced = request.content_length
+    if announced is not None and announced > request.client_max_size:
+        # Refused before a byte of it is read (or waited for).
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=request.client_max_size,
+            actual_size=announced,
+            text=f"body: {announced} bytes; at most {request.client_max_size}",
+        )
     try:
         data = await request.read()  # 413 past client_max_size
     except web.RequestPayloadError as exc:  # a chunk found malformed while reading

@@ -336,6 +336,10 @@ async def _json_body(request: web.Request) -> object:
         data = await request.read()  # 413 past client_max_size
     except web.RequestPayloadError as exc:  # a chunk found malformed while reading
         raise web.HTTPBadRequest(text=f"body: malformed ({exc.__cause__ or exc})") from None
+    except ConnectionResetError:
+        # Nobody is left to answer: not the daemon's failure, so no traceback.
+        log.info("control API: %s %s: the client hung up mid-body", request.method, request.path)
+        raise web.HTTPBadRequest(text="body: the client hung up before sending it all") from None
     try:
         return json.loads(data) if data else {}
     except (ValueError, RecursionError) as exc:

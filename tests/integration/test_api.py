@@ -812,3 +812,25 @@ async def test_a_body_announced_too_large_is_refused_before_it_is_sent(
     )
     error = refused(*await raw_exchange(socket_path, request), expect=413, code="BAD_REQUEST")
     assert str(PLAN_BODY_MAX_BYTES) in error["message"]
+
+
+async def test_a_client_that_hangs_up_mid_body_is_no_internal_error(
+    api: Api, socket_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reconciler.api")
+    reader, writer = await asyncio.open_unix_connection(str(socket_path))
+    writer.write(
+        b"POST /api/v1/plan HTTP/1.1\r\nHost: reconciler\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"files": '
+    )
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    del reader
+
+    def hung_up() -> bool:
+        return any("hung up" in r.getMessage() for r in caplog.records)
+
+    await eventually(hung_up, message="the hang-up is logged")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert (await api.get("/api/v1/collectors"))["collectors"] == [], "still serving"

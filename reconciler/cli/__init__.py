@@ -27,6 +27,7 @@ import sys
 from reconciler import __version__
 from reconciler.cli.client import socket_argument
 from reconciler.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Subcommand
+from reconciler.cli.completion import cmd_completion, completion_arguments
 from reconciler.cli.diff import cmd_diff, diff_arguments
 from reconciler.cli.files import (
     _new_arguments,
@@ -37,6 +38,7 @@ from reconciler.cli.files import (
     cmd_schema,
     cmd_validate,
 )
+from reconciler.cli.logs import _logs_arguments, cmd_logs
 from reconciler.cli.status import (
     _action_arguments,
     _events_arguments,
@@ -129,6 +131,19 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "spec in its desired state; 1 on timeout or failure, naming what is pending",
         add_arguments=_wait_arguments,
         run=cmd_wait,
+    ),
+    Subcommand(
+        name="logs",
+        help="a collector's log file (log = \"file\"): all of the current run, the last N "
+        "lines (-n), following it across rotation (-f), or the run before (--previous)",
+        add_arguments=_logs_arguments,
+        run=cmd_logs,
+    ),
+    Subcommand(
+        name="completion",
+        help="print a bash or zsh completion script for reconciler",
+        add_arguments=completion_arguments,
+        run=cmd_completion,
     ),
 )
 

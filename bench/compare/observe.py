@@ -23,6 +23,7 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 
 import psutil
@@ -84,6 +85,7 @@ class ProcEvents:
         self._by_argv: dict[Argv, tuple[int, int]] = {}  # argv -> (pid, exec ns)
         self._expected: set[int] = set()
         self._exits: dict[int, int] = {}  # expected pid -> exit ns
+        self._execs: Counter[Argv] = Counter()  # execs seen per argv since watch()
         self.overflows = 0
         self._closing = False
         self._thread = threading.Thread(target=self._receive, name="proc-events", daemon=True)
@@ -122,6 +124,12 @@ class ProcEvents:
             self._by_argv.clear()
             self._expected.clear()
             self._exits.clear()
+            self._execs.clear()
+
+    def exec_count(self, argvs: set[Argv]) -> int | None:
+        """How many times a child exec'd one of ``argvs`` since ``watch`` (starts, restarts)."""
+        with self._cond:
+            return sum(self._execs[argv] for argv in argvs)
 
     def wait_running(self, argvs: set[Argv], deadline: float) -> int | None:
         """Block until a child runs each argv; the exec time (ns) of the last one, or None."""
@@ -203,6 +211,7 @@ class ProcEvents:
                     if argv is not None:
                         self._children[pid] = argv
                         self._by_argv[argv] = (pid, timestamp_ns)
+                        self._execs[argv] += 1
             elif what == PROC_EVENT_EXIT:
                 pid, tgid = _PIDS.unpack_from(data, at)
                 if pid == tgid:
@@ -284,6 +293,9 @@ class PollingObserver:
 
     def wait_replaced(self, argv: Argv, old_pid: int, deadline: float) -> int | None:
         return self._poll(lambda: self._scan().get(argv, old_pid) != old_pid, deadline)
+
+    def exec_count(self, argvs: set[Argv]) -> int | None:
+        return None  # restarts between two scans are invisible to polling
 
     def expect_exits(self, pids: Iterable[tuple[int, float]]) -> None:
         self._expected.update(pids)

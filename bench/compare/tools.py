@@ -1,8 +1,13 @@
 """The supervisors compared: one config for the same programs, the command, and "stop one".
 
-Used by ``bench/compare_bench.py``. supervisord and circus come from a throwaway venv that
-``tools_venv`` creates outside the project (pinned versions, never a project dependency); the
-reconciler is the ``reconciler`` command of the venv running the benchmark.
+Used by ``bench/compare_bench.py`` and ``bench/scaling.py``. supervisord and circus come from a
+venv of their own that ``tools_venv`` (or ``bench/compare/setup-peers.sh``) creates in
+``.bench/peers-venv`` (git-ignored; pinned versions, never a project dependency); the reconciler
+is the ``reconciler`` command of the venv running the benchmark.
+
+Besides a config and a command, each tool says how an operator runs a no-op control command
+(``control_command``: each tool's ``status``) and adds one program to a running fleet
+(``add_program``: the file changed, then whatever the tool needs to act on it).
 
 The settings chosen for comparability (each tool's defaults otherwise):
 
@@ -16,6 +21,8 @@ The settings chosen for comparability (each tool's defaults otherwise):
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.metadata
 import json
 import shlex
@@ -29,6 +36,7 @@ from typing import Protocol
 
 import tomli_w
 
+PEERS_VENV = Path(__file__).resolve().parents[2] / ".bench" / "peers-venv"
 SUPERVISOR_VERSION = "4.3.0"
 CIRCUS_VERSION = "0.19.0"
 CTL_TIMEOUT_SECONDS = 60
@@ -46,6 +54,8 @@ class Program:
 class Policy:
     graceful_timeout_seconds: float
     group_signals: bool
+    env: tuple[tuple[str, str], ...] = ()
+    """Added to every program's environment (the test suite's leak mark, when it runs us)."""
 
 
 class Tool(Protocol):
@@ -59,6 +69,18 @@ class Tool(Protocol):
         """Stop one program the way an operator would, with the tool's own CLI."""
         ...
 
+    def control_command(self, workdir: Path) -> list[str]:
+        """The tool's ``status``: a control command that changes nothing."""
+        ...
+
+    def add_program(self, workdir: Path, program: Program, policy: Policy) -> None:
+        """Add one program to the running tool, as an operator would: config, then CLI."""
+        ...
+
+    def cleanup(self, workdir: Path) -> None:
+        """Remove what the tool leaves outside ``workdir`` once it has exited."""
+        ...
+
 
 class Reconciler:
     name = "reconciler"
@@ -70,15 +92,21 @@ class Reconciler:
         specs = workdir / "specs"
         specs.mkdir()
         for program in programs:
-            spec = {
-                "type": "bench",
-                "binary_path": program.argv[0],
-                "args": list(program.argv[1:]),
-                "log": "null",
-                "max_restarts": "unlimited",
-                "graceful_timeout_seconds": policy.graceful_timeout_seconds,
-            }
-            (specs / f"{program.name}.toml").write_text(tomli_w.dumps(spec))
+            (specs / f"{program.name}.toml").write_text(self._spec(program, policy))
+
+    @staticmethod
+    def _spec(program: Program, policy: Policy) -> str:
+        spec: dict[str, object] = {
+            "type": "bench",
+            "binary_path": program.argv[0],
+            "args": list(program.argv[1:]),
+            "log": "null",
+            "max_restarts": "unlimited",
+            "graceful_timeout_seconds": policy.graceful_timeout_seconds,
+        }
+        if policy.env:
+            spec["env"] = dict(policy.env)
+        return tomli_w.dumps(spec)
 
     def command(self, workdir: Path) -> list[str]:
         return [
@@ -98,6 +126,33 @@ class Reconciler:
         # Declarative: the operator's "stop" is removing the spec file.
         (workdir / "specs" / f"{name}.toml").unlink()
 
+    def control_command(self, workdir: Path) -> list[str]:
+        return [str(self.executable), "status", "--socket", str(workdir / "api.sock")]
+
+    def add_program(self, workdir: Path, program: Program, policy: Policy) -> None:
+        # Declarative: adding is writing the file (atomically, as git or Ansible would; the
+        # temporary name starts with "." so the reconciler ignores it).
+        specs = workdir / "specs"
+        temporary = specs / f".{program.name}.toml.tmp"
+        temporary.write_text(self._spec(program, policy))
+        temporary.rename(specs / f"{program.name}.toml")
+
+    def cleanup(self, workdir: Path) -> None:
+        # A daemon that was killed leaves its per-state-dir cgroup tree (named as
+        # reconciler.daemon names it) for a successor: there is none, so remove it.
+        own = _own_cgroup()
+        if own is None:
+            return
+        digest = hashlib.sha256(str((workdir / "state").resolve()).encode()).hexdigest()[:12]
+        tree = own / f"reconciler-{digest}"
+        if not tree.is_dir():
+            return
+        for run in [*(child for child in tree.iterdir() if child.is_dir()), tree]:
+            with contextlib.suppress(OSError):
+                (run / "cgroup.kill").write_text("1")
+            with contextlib.suppress(OSError):
+                run.rmdir()
+
 
 class Supervisord:
     """supervisord; ``one_group`` puts every program in one ``[group:fleet]``.
@@ -113,7 +168,6 @@ class Supervisord:
         self.one_group = one_group
 
     def write_config(self, workdir: Path, programs: Sequence[Program], policy: Policy) -> None:
-        group = str(policy.group_signals).lower()
         lines = [
             "[unix_http_server]",
             f"file = {workdir}/supervisor.sock",
@@ -130,22 +184,30 @@ class Supervisord:
             f"serverurl = unix://{workdir}/supervisor.sock",
         ]
         for program in programs:
-            lines += [
-                f"[program:{program.name}]",
-                # supervisord splits with shlex and expands %(...)s: escape both.
-                f"command = {shlex.join(program.argv).replace('%', '%%')}",
-                "autorestart = true",
-                "startretries = 1000000",
-                f"stopwaitsecs = {policy.graceful_timeout_seconds:g}",
-                f"stopasgroup = {group}",
-                f"killasgroup = {group}",
-                "stdout_logfile = NONE",
-                "stderr_logfile = NONE",
-            ]
+            lines += self._section(program, policy)
         if self.one_group:
             names = ",".join(program.name for program in programs)
             lines += ["[group:fleet]", f"programs = {names}"]
         (workdir / "supervisord.conf").write_text("\n".join(lines) + "\n")
+
+    @staticmethod
+    def _section(program: Program, policy: Policy) -> list[str]:
+        group = str(policy.group_signals).lower()
+        lines = [
+            f"[program:{program.name}]",
+            # supervisord splits with shlex and expands %(...)s: escape both.
+            f"command = {shlex.join(program.argv).replace('%', '%%')}",
+            "autorestart = true",
+            "startretries = 1000000",
+            f"stopwaitsecs = {policy.graceful_timeout_seconds:g}",
+            f"stopasgroup = {group}",
+            f"killasgroup = {group}",
+            "stdout_logfile = NONE",
+            "stderr_logfile = NONE",
+        ]
+        if policy.env:
+            lines.append("environment = " + ",".join(f'{k}="{v}"' for k, v in policy.env))
+        return lines
 
     def command(self, workdir: Path) -> list[str]:
         return [
@@ -159,6 +221,23 @@ class Supervisord:
         ctl = self.venv / "bin" / "supervisorctl"
         conf = workdir / "supervisord.conf"
         _run_ctl([str(ctl), "-c", str(conf), "stop", f"fleet:{name}" if self.one_group else name])
+
+    def control_command(self, workdir: Path) -> list[str]:
+        ctl = self.venv / "bin" / "supervisorctl"
+        return [str(ctl), "-c", str(workdir / "supervisord.conf"), "status"]
+
+    def add_program(self, workdir: Path, program: Program, policy: Policy) -> None:
+        if self.one_group:
+            raise NotImplementedError("add_program with one [group:]")
+        conf = workdir / "supervisord.conf"
+        with conf.open("a") as file:
+            file.write("\n".join(self._section(program, policy)) + "\n")
+        # "update": re-read the config, add what is new and start it (autostart).
+        ctl = self.venv / "bin" / "supervisorctl"
+        _run_ctl([str(ctl), "-c", str(conf), "update"])
+
+    def cleanup(self, workdir: Path) -> None:
+        pass
 
 
 class Circus:
@@ -182,20 +261,27 @@ class Circus:
             "check_delay = 1",  # the default, stated: how often circus looks for dead processes
         ]
         for program in programs:
-            lines += [
-                f"[watcher:{program.name}]",
-                f"cmd = {program.argv[0]}",
-                f"args = {shlex.join(program.argv[1:])}",
-                "numprocesses = 1",
-                "respawn = true",
-                "max_retry = -1",
-                "copy_env = true",  # as the others pass PATH, which the sh programs need
-                f"graceful_timeout = {policy.graceful_timeout_seconds:g}",
-                f"stop_children = {str(policy.group_signals).lower()}",
-                "close_child_stdout = true",
-                "close_child_stderr = true",
-            ]
+            lines += self._section(program, policy)
         (workdir / "circus.ini").write_text("\n".join(lines) + "\n")
+
+    @staticmethod
+    def _section(program: Program, policy: Policy) -> list[str]:
+        lines = [
+            f"[watcher:{program.name}]",
+            f"cmd = {program.argv[0]}",
+            f"args = {shlex.join(program.argv[1:])}",
+            "numprocesses = 1",
+            "respawn = true",
+            "max_retry = -1",
+            "copy_env = true",  # as the others pass PATH, which the sh programs need
+            f"graceful_timeout = {policy.graceful_timeout_seconds:g}",
+            f"stop_children = {str(policy.group_signals).lower()}",
+            "close_child_stdout = true",
+            "close_child_stderr = true",
+        ]
+        if policy.env:
+            lines += [f"[env:{program.name}]", *(f"{k} = {v}" for k, v in policy.env)]
+        return lines
 
     def command(self, workdir: Path) -> list[str]:
         return [
@@ -213,6 +299,24 @@ class Circus:
             [str(ctl), "--endpoint", endpoint, "--timeout", timeout, "stop", name, "--waiting"]
         )
 
+    def _ctl(self, workdir: Path, *command: str) -> list[str]:
+        ctl = self.venv / "bin" / "circusctl"
+        endpoint = self._endpoint(workdir)
+        return [str(ctl), "--endpoint", endpoint, "--timeout", str(CTL_TIMEOUT_SECONDS), *command]
+
+    def control_command(self, workdir: Path) -> list[str]:
+        return self._ctl(workdir, "status")
+
+    def add_program(self, workdir: Path, program: Program, policy: Policy) -> None:
+        conf = workdir / "circus.ini"
+        with conf.open("a") as file:
+            file.write("\n".join(self._section(program, policy)) + "\n")
+        # "reloadconfig": re-read the file; new watchers are added and started.
+        _run_ctl(self._ctl(workdir, "reloadconfig"))
+
+    def cleanup(self, workdir: Path) -> None:
+        pass
+
 
 def _run_ctl(argv: list[str]) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=CTL_TIMEOUT_SECONDS)
@@ -220,7 +324,16 @@ def _run_ctl(argv: list[str]) -> None:
         raise RuntimeError(f"{shlex.join(argv)} failed: {result.stdout}{result.stderr}")
 
 
-def tools_venv(path: Path) -> Path:
+def _own_cgroup() -> Path | None:
+    """Our cgroup v2 directory (a daemon we start creates its tree there), if any."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+    return None
+
+
+def tools_venv(path: Path = PEERS_VENV) -> Path:
     """Create (once, then reuse) a venv with supervisor and circus at pinned versions.
 
     Separate from the project's venv on purpose: the tools compared against must never become
@@ -231,6 +344,10 @@ def tools_venv(path: Path) -> Path:
     if marker.exists() and marker.read_text() == wanted:
         return path
     shutil.rmtree(path, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ignore = path.parent / ".gitignore"
+    if path.parent.name == ".bench" and not ignore.exists():
+        ignore.write_text("*\n")  # nothing in .bench/ is ever committed
     print(f"creating {path} with {' '.join(wanted.split())} ...", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=300)
     pip = [str(path / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--quiet"]
@@ -239,17 +356,19 @@ def tools_venv(path: Path) -> Path:
     return path
 
 
-def versions(venv: Path) -> dict[str, str]:
+def versions(venv: Path | None) -> dict[str, str]:
     """Versions of the tools (and what they run on) for the results file."""
+    found = {
+        "reconciler": importlib.metadata.version("reconciler"),
+        "psutil (reconciler venv)": importlib.metadata.version("psutil"),
+    }
+    if venv is None:
+        return found
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
     listed = subprocess.run(
         [*pip, "list", "--format=json"], capture_output=True, text=True, check=True, timeout=120
     )
     installed = {entry["name"].lower(): entry["version"] for entry in json.loads(listed.stdout)}
-    found = {
-        "reconciler": importlib.metadata.version("reconciler"),
-        "psutil (reconciler venv)": importlib.metadata.version("psutil"),
-    }
     for name in ("supervisor", "circus", "tornado", "pyzmq", "psutil"):
         if name in installed:
             found[name if name != "psutil" else "psutil (tools venv)"] = installed[name]

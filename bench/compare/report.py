@@ -78,6 +78,8 @@ def issue_rows(settings: Settings) -> list[Row]:
             "< 3", (Condition(3.0),), group="large"),
         Row(f"daemon CPU spent by then ({s.large} programs): s", f"cold_cpu_{s.large}", "scalar",
             2, group="large"),
+        Row(f"daemon RSS, {s.large} programs: MiB", f"rss_{s.large}", "scalar", 1,
+            "<= supervisord", (Condition(peer="supervisord", inclusive=True),), group="large"),
         Row(f"crash storm: CPU, {s.storm_programs} programs exiting after 0.1 s, "
             f"{s.storm_seconds:g} s: % of a core", "storm_cpu", "scalar", 2, group="storm"),
         Row("crash storm: restarts in that window (each tool's own backoff)", "storm_restarts",

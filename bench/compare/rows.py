@@ -183,8 +183,11 @@ def kill_and_wait(observer: Observer, program: Program) -> float:
 
 
 def measure_large(tool: Tool, *, observer: Observer, figures: Figures, settings: Settings,
-                  count: int | None = None, rss_metric: str = "rss_large") -> None:
-    """Cold start of a large fleet, its RSS; /metrics latency and CPU where there is one."""
+                  count: int | None = None) -> None:
+    """Cold start of a large fleet, its memory; /metrics latency and CPU where there is one.
+
+    Metric keys end in the fleet size (``bench/scaling.py`` runs it at several).
+    """
     count = count or settings.large
     programs = sleepers(count)
     with supervising(tool, programs, settings.policy, observer) as supervised:
@@ -199,9 +202,13 @@ def measure_large(tool: Tool, *, observer: Observer, figures: Figures, settings:
             idle = usage(before, sample(pid))
             figures.add(tool.name, f"idle_cpu_{count}", idle.ticks_percent)
             figures.add(tool.name, f"idle_cpu_ns_{count}", idle.schedstat_percent)
+            figures.add(tool.name, f"idle_wakeups_{count}", idle.wakeups_per_second)
             measure_scrapes(supervised, figures=figures, settings=settings, count=count,
                             idle_percent=idle.schedstat_percent)
-        figures.add(tool.name, rss_metric, memory_mib(pid)[0])
+        rss, uss = memory_mib(pid)
+        figures.add(tool.name, f"rss_{count}", rss)
+        figures.add(tool.name, f"uss_{count}", uss)
+        figures.add(tool.name, f"threads_{count}", sample(pid).threads)
 
 
 def measure_scrapes(supervised, *, figures: Figures, settings: Settings, count: int,

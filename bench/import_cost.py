@@ -1,0 +1,120 @@
+"""Where the daemon's import-time memory and start-up time go: RSS after each major import.
+
+Run: ``.venv/bin/python bench/import_cost.py [--repeat 3]``. Two tables:
+
+1. one fresh interpreter importing asyncio, psutil, pydantic, prometheus_client, watchfiles,
+   aiohttp.web, then the reconciler's own modules (whose own cost is mostly building the
+   pydantic models of ``reconciler.spec``): RSS, USS and modules loaded
+   after each, and what that step added (a step's cost excludes what earlier steps loaded);
+2. each module alone in a fresh interpreter: what it costs by itself (its share of a shared
+   dependency included, so these do not add up).
+
+Memory is read from ``/proc/self/status`` (VmRSS) and ``/proc/self/smaps_rollup`` (private
+pages: USS) inside the child, so nothing else is imported to measure it. Times are the median
+of ``--repeat`` runs (the first run also warms the page cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+STEPS = (
+    "asyncio",
+    "psutil",
+    "pydantic",
+    "pydantic.main",  # ``pydantic`` alone is lazy: BaseModel's machinery and pydantic_core
+    "prometheus_client",
+    "watchfiles",
+    "aiohttp",  # the package imports its HTTP client too
+    "aiohttp.web",
+    "reconciler.spec",
+    "reconciler.process",
+    "reconciler.loop",
+    "reconciler.metrics",
+    "reconciler.api",
+    "reconciler.daemon",
+    "reconciler.cli",
+)
+
+PROBE = r"""
+import json, sys, time, importlib
+
+def memory():
+    rss = uss = 0
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+    for line in open("/proc/self/smaps_rollup"):
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            uss += int(line.split()[1])
+    return rss / 1024, uss / 1024
+
+steps = []
+rss, uss = memory()
+steps.append({"module": "(interpreter)", "rss": rss, "uss": uss, "seconds": 0.0,
+              "modules": len(sys.modules)})
+for name in sys.argv[1:]:
+    started = time.perf_counter()
+    importlib.import_module(name)
+    seconds = time.perf_counter() - started
+    rss, uss = memory()
+    steps.append({"module": name, "rss": rss, "uss": uss, "seconds": seconds,
+                  "modules": len(sys.modules)})
+print(json.dumps(steps))
+"""
+
+
+def probe(modules: tuple[str, ...]) -> list[dict[str, float | str]]:
+    result = subprocess.run(
+        [sys.executable, "-X", "frozen_modules=on", "-c", PROBE, *modules],
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    return json.loads(result.stdout)
+
+
+def medians(runs: list[list[dict]]) -> list[dict]:
+    merged = []
+    for index, step in enumerate(runs[0]):
+        merged.append({
+            **step,
+            **{key: statistics.median(run[index][key] for run in runs)
+               for key in ("rss", "uss", "seconds")},
+        })
+    return merged
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    runs = [probe(STEPS) for _ in range(args.repeat)]
+    steps = medians(runs)
+    print("In the daemon's order, one interpreter (each step: what it added):\n")
+    print("| after importing | RSS, MiB | +RSS | USS, MiB | +USS | import, ms | modules |")
+    print("|---|---|---|---|---|---|---|")
+    previous = None
+    for step in steps:
+        added_rss = step["rss"] - previous["rss"] if previous else 0.0
+        added_uss = step["uss"] - previous["uss"] if previous else 0.0
+        print(f"| {step['module']} | {step['rss']:.1f} | {added_rss:+.1f} | {step['uss']:.1f} | "
+              f"{added_uss:+.1f} | {step['seconds'] * 1000:.0f} | {step['modules']} |")
+        previous = step
+
+    print("\nEach alone, in a fresh interpreter:\n")
+    print("| module | +RSS, MiB | +USS, MiB | import, ms | modules added |")
+    print("|---|---|---|---|---|")
+    for module in STEPS:
+        alone = medians([probe((module,)) for _ in range(args.repeat)])
+        base, after = alone
+        print(f"| {module} | {after['rss'] - base['rss']:+.1f} | "
+              f"{after['uss'] - base['uss']:+.1f} | {after['seconds'] * 1000:.0f} | "
+              f"{after['modules'] - base['modules']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,8 +7,9 @@ virtualenv, installs the wheel, writes the config and the specs (each checked
 by ``reconciler validate`` before it lands), starts the daemon as a plain
 background process with a pid file (``reconciler_service_manager:
 background``: no systemd here) and ends with ``reconciler wait``. Then, as
-molecule would: a second run changes nothing, a run that changes one spec
-restarts only that collector, a run with an invalid spec fails at the
+molecule would: a second run changes nothing, ``--check`` names what a change
+would do and does nothing, a run that changes one spec restarts only that
+collector, a run with an invalid spec fails at the
 validate step and leaves the collector running, and a changed config reloads
 the daemon (SIGHUP) without restarting it. ``ansible-lint`` passes on the role
 with the production profile.
@@ -59,6 +60,7 @@ ANSIBLE_PLAYBOOK = BIN / "ansible-playbook"
 ANSIBLE_LINT = BIN / "ansible-lint"
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 PLAY_TIMEOUT_SECONDS = 120
+
 
 def sleeper(seconds: int = 3600) -> dict[str, Any]:
     """A collector that does nothing for a while; marked for the session's leak check."""
@@ -229,6 +231,8 @@ class Deployment:
             "reconciler_source_dir": str(sources),
             "reconciler_venv": str(self.venv),
             "reconciler_bin_dir": str(self.bin_dir),
+            # One link is enough to see them made (and each costs a task run).
+            "reconciler_bin_links": ["reconciler"],
             "reconciler_config_path": str(self.config_path),
             "reconciler_unit_dir": str(root / "etc" / "systemd" / "system"),
             "reconciler_specs_dir": str(self.specs_dir),
@@ -247,9 +251,9 @@ class Deployment:
         """The specs of the last run that succeeded: what the daemon should run."""
         DAEMON_TREES.add(daemon_tree_name(self.state_dir))
 
-    def play(self, specs: dict[str, Any], **overrides: Any) -> Play:
+    def play(self, specs: dict[str, Any], *options: str, **overrides: Any) -> Play:
         """Run the role with these specs, and these variables changed from the last
-        successful run's (which they then replace)."""
+        successful run's (which they then replace, unless it was ``--check``)."""
         self.runs += 1
         merged = {**self.variables, **overrides}
         variables = self.base / f"vars-{self.runs}.json"
@@ -257,6 +261,7 @@ class Deployment:
         completed = subprocess.run(
             [
                 str(ANSIBLE_PLAYBOOK),
+                *options,
                 "-i",
                 str(self.inventory),
                 "-e",
@@ -272,7 +277,7 @@ class Deployment:
             timeout=PLAY_TIMEOUT_SECONDS,
             check=False,
         )
-        if completed.returncode == 0:
+        if completed.returncode == 0 and "--check" not in options:
             self.variables, self.applied_specs = merged, specs
         return Play(completed.returncode, completed.stdout)
 
@@ -398,8 +403,7 @@ def test_first_run_installs_starts_and_converges(deployment: Deployment) -> None
 def test_a_second_run_changes_nothing(deployment: Deployment) -> None:
     daemon = deployment.daemon_pid()
     before = deployment.collector_pids()
-    second = deployment.play(deployment.applied_specs)
-    second.succeeded()
+    second = deployment.play(deployment.applied_specs).succeeded()
     assert second.tasks("changed") == []
     assert second.recap["changed"] == 0
     assert deployment.daemon_pid() == daemon
@@ -421,12 +425,22 @@ def test_a_changed_spec_restarts_only_its_collector_and_a_changed_config_reloads
     reloads = deployment.log_file.read_text().count("config reloaded")
     seconds = 1801 if deployment.applied_specs["beta"]["args"] == ["1800"] else 1800
     timeout = deployment.variables["reconciler_default_graceful_timeout_seconds"] + 1
-    result = deployment.play(
-        {**deployment.applied_specs, "beta": sleeper(seconds)},
-        reconciler_default_graceful_timeout_seconds=timeout,
-        **_push_the_built_wheel(deployment),
-    )
-    result.succeeded()
+    specs = {**deployment.applied_specs, "beta": sleeper(seconds)}
+    changes = {"reconciler_default_graceful_timeout_seconds": timeout}
+    changes |= _push_the_built_wheel(deployment)
+    files = {
+        path: path.read_bytes()
+        for path in [*deployment.specs_dir.iterdir(), deployment.config_path]
+    }
+    # --check first: it names what would change, and changes nothing.
+    preview = deployment.play(specs, "--check", **changes).succeeded()
+    assert preview.tasks("changed") == [
+        "reconciler : Write reconciler.toml",
+        "reconciler : Write the specs of reconciler_specs",
+    ]
+    assert {path: path.read_bytes() for path in files} == files
+    assert deployment.collector_pids() == before
+    result = deployment.play(specs, **changes).succeeded()
     assert result.tasks("changed") == [
         "reconciler : Write reconciler.toml",
         "reconciler : Write the specs of reconciler_specs",

@@ -497,6 +497,7 @@ def test_ansible_role_uses_only_variables_it_defines() -> None:
             if "register" in task:
                 defined.add(task["register"])
             defined |= set(task.get("vars", {}))
+            defined |= set(task.get("ansible.builtin.set_fact", {}))
             defined.add(task.get("loop_control", {}).get("loop_var", "item"))
     used: dict[str, set[str]] = {}
     for path in [ROLE / "defaults" / "main.yml", ROLE / "vars" / "main.yml", *task_files]:

@@ -56,11 +56,14 @@ class Daemon:
             extra=("--config", str(self.config)),
         )
 
-    def spec(self, collector_id: str, argv: list[str], *, log: str = "file") -> None:
+    def spec(
+        self, collector_id: str, argv: list[str], *, log: str = "file", state: str = "running"
+    ) -> None:
         env = f'{MARK_ENV} = "{SESSION_MARK}", {DAEMON_ENV} = "{self.tag}"'
         (self.specs / f"{collector_id}.toml").write_text(
             f'type = "writer"\nbinary_path = {json.dumps(argv[0])}\nargs = {json.dumps(argv[1:])}\n'
-            f'log = "{log}"\ngraceful_timeout_seconds = 2\nenv = {{ {env} }}\n'
+            f'log = "{log}"\nstate = "{state}"\ngraceful_timeout_seconds = 2\n'
+            f"env = {{ {env} }}\n"
         )
 
     def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -116,7 +119,7 @@ def following(daemon: Daemon, tmp_path: Path, *args: str) -> Iterator[tuple[Path
         yield out, err
         follower.send_signal(signal.SIGINT)
         assert follower.wait(timeout=10) == 130, "interrupted, as tail -f is"
-        assert err.read_text() == "", "no traceback on Ctrl-C"
+        assert "Traceback" not in err.read_text(), "Ctrl-C is no crash"
     finally:
         if follower.poll() is None:
             follower.kill()
@@ -165,9 +168,16 @@ def test_last_lines_the_whole_run_and_the_previous_run(daemon: Daemon, tmp_path:
     assert none_yet.returncode == 1
     assert "no previous run's log" in none_yet.stderr and "web.previous.log" in none_yet.stderr
 
+    # A backup rotated during this run comes first in the whole run; -n reaches into it.
+    (daemon.log_dir / "web.log.1").write_text("run1 line 0\n")
+    assert daemon.logs("web").stdout.splitlines() == numbered("run1", 0, 50)
+    assert daemon.logs("web", "-n", "51").stdout.splitlines() == numbered("run1", 0, 50)
+
     assert daemon.cli("restart", "web").returncode == 0
     wait_for(lambda: "run2 line 50" in daemon.logs("web").stdout, message="the new run wrote")
+    # The backup is older than the new run: not part of it.
     assert daemon.logs("web").stdout.splitlines() == numbered("run2", 1, 50)
+    assert daemon.logs("web", "-n", "60").stdout.splitlines() == numbered("run2", 1, 50)
     previous = daemon.logs("web", "--previous", "-n", "2")
     assert (previous.returncode, previous.stdout.splitlines()) == (0, numbered("run1", 49, 50))
     assert daemon.logs("web", "--previous").stdout.splitlines() == numbered("run1", 1, 50)
@@ -246,7 +256,7 @@ time.sleep(300)
 @pytest.mark.timeout(90)
 def test_follow_goes_on_across_a_size_rotation(daemon: Daemon, tmp_path: Path) -> None:
     daemon.spec("web", [sys.executable, "-c", ROTATING_WRITER])
-    with following(daemon, tmp_path, "web", "-n", "all") as (out, _):
+    with following(daemon, tmp_path, "web", "-n", "all") as (out, err):
         # The daemon checks sizes every 10 s at first: the rotation comes within ~12 s.
         wait_for(
             lambda: (daemon.log_dir / "web.log.1").exists(),
@@ -258,6 +268,7 @@ def test_follow_goes_on_across_a_size_rotation(daemon: Daemon, tmp_path: Path) -
             lambda: len(lines_of(out)) >= 80, timeout=2, message="nothing more than 80 lines"
         )
         assert [line.split()[1] for line in lines_of(out)] == [str(n) for n in range(1, 81)]
+    assert err.read_text() == ""
     # On disk: the backup holds the newest LOG_MAX_BYTES of the first 60, the file the rest.
     assert len((daemon.log_dir / "web.log.1").read_bytes()) <= LOG_MAX_BYTES
     assert daemon.logs("web", "-n", "1").stdout.startswith("line 80 ")
@@ -269,7 +280,7 @@ def test_follow_goes_on_across_a_size_rotation(daemon: Daemon, tmp_path: Path) -
 def test_follow_goes_on_across_a_restart(daemon: Daemon, tmp_path: Path) -> None:
     daemon.spec("web", sh_writer(str(tmp_path / "runs"), 30))
     wait_for(lambda: "run1 line 30" in daemon.logs("web").stdout, message="web wrote its lines")
-    with following(daemon, tmp_path, "web") as (out, _):
+    with following(daemon, tmp_path, "web") as (out, err):
         wait_for(lambda: lines_of(out) == numbered("run1", 21, 30), message="the last 10")
         # A restart renames web.log to web.previous.log and opens a new web.log.
         assert daemon.cli("restart", "web").returncode == 0
@@ -277,7 +288,19 @@ def test_follow_goes_on_across_a_restart(daemon: Daemon, tmp_path: Path) -> None
             lambda: "run2 line 30" in out.read_text(), message="the new run's lines followed"
         )
         assert lines_of(out) == numbered("run1", 21, 30) + numbered("run2", 1, 30)
+    assert err.read_text() == ""
     assert lines_of(daemon.log_dir / "web.previous.log") == numbered("run1", 1, 30)
+
+
+def test_follow_waits_for_a_collector_that_has_not_run_yet(daemon: Daemon, tmp_path: Path) -> None:
+    argv = sh_writer(str(tmp_path / "runs"), 3)
+    daemon.spec("web", argv, state="stopped")
+    assert daemon.cli("wait", "web").returncode == 0
+    assert "no log file at" in daemon.logs("web").stderr
+    with following(daemon, tmp_path, "web") as (out, err):
+        wait_for(lambda: "waiting for it" in err.read_text(), message="the follower waits")
+        daemon.spec("web", argv)
+        wait_for(lambda: lines_of(out) == numbered("run1", 1, 3), message="the first lines")
 
 
 # -- the follower against the product's rotation, driven step by step -------------------------

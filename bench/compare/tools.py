@@ -327,9 +327,11 @@ def _run_ctl(argv: list[str]) -> None:
 def _own_cgroup() -> Path | None:
     """Our cgroup v2 directory (a daemon we start creates its tree there), if any."""
     with contextlib.suppress(OSError):
+        mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+        unified = next((Path(f[1]) for f in mounts if len(f) > 2 and f[2] == "cgroup2"), None)
         for line in Path("/proc/self/cgroup").read_text().splitlines():
-            if line.startswith("0::"):
-                return Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+            if unified is not None and line.startswith("0::"):
+                return unified / line[3:].strip().lstrip("/")
     return None
 
 

@@ -127,6 +127,20 @@ def machine() -> str:
     return f"nproc {usable}, {model}, Linux {platform.release()} ({platform.machine()})"
 
 
+def code_under_test() -> str:
+    """The commit measured, and any uncommitted change to the package (others edit it too)."""
+    root = HERE.parent
+
+    def git(*argv: str) -> str:
+        result = subprocess.run(["git", "-C", str(root), *argv], capture_output=True, text=True,
+                                timeout=30, check=False)
+        return result.stdout.rstrip()
+
+    dirty = git("status", "--porcelain", "--", "reconciler").splitlines()
+    changed = ", ".join(line[3:] for line in dirty)
+    return git("rev-parse", "--short", "HEAD") + (f" + uncommitted: {changed}" if dirty else "")
+
+
 def write_results(text: str, *, args, settings: Settings, observer, tool_versions,
                   notes: list[str]) -> None:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -146,6 +160,7 @@ def write_results(text: str, *, args, settings: Settings, observer, tool_version
         f"- date: {now}",
         f"- machine: {machine()}",
         f"- Python {platform.python_version()}; {listed}",
+        f"- reconciler code: {code_under_test()}",
         f"- command: `{command}`",
         f"- sizes and windows: {sizes}; {args.rounds} rounds",
         f"- observed with: {observer.name}",

@@ -285,6 +285,7 @@ async def plan(request: web.Request) -> web.Response:
             raise web.HTTPBadRequest(text="files: must map file names to TOML text")
         if len(files) > MAX_PLAN_FILES:
             raise web.HTTPBadRequest(text=f"files: at most {MAX_PLAN_FILES} (got {len(files)})")
+        _refuse_paths(files)
         lines = reconciler.diff(_utf8(files))
     return web.json_response(
         {
@@ -292,6 +293,18 @@ async def plan(request: web.Request) -> web.Response:
             "actions": [line.to_json() for line in lines],
         }
     )
+
+
+def _refuse_paths(files: dict[str, str]) -> None:
+    """INVALID_SPEC for a name that is no file directly in a directory: "../web.toml" is
+    not web's spec file, and "a/web.toml" with "b/web.toml" must not both be web."""
+    problems = [
+        f"{name}: file name: not a file directly in the specs directory"
+        for name in sorted(files)
+        if "/" in name or "\0" in name
+    ]
+    if problems:
+        raise InvalidSpec("; ".join(problems), problems=problems)
 
 
 def _utf8(files: dict[str, str]) -> dict[str, bytes]:

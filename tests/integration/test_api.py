@@ -582,6 +582,26 @@ async def test_plan_refuses_invalid_specs_and_bodies(api: Api) -> None:
     assert answer["error"]["code"] == "BAD_REQUEST"
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("../web.toml", id="dotdot"),
+        pytest.param("../../etc/web.toml", id="escape"),
+        pytest.param("/etc/web.toml", id="absolute"),
+        pytest.param("sub/web.toml", id="subdirectory"),
+        pytest.param("web\x00.toml", id="nul"),
+    ],
+)
+async def test_plan_refuses_file_names_that_are_not_in_the_directory(api: Api, name: str) -> None:
+    """A spec tree is the files directly in one directory: "../web.toml" is not web's file
+    (nor may "a/web.toml" and "b/web.toml" both silently be web)."""
+    answer = await api.post("/api/v1/plan", body={"files": {name: spec_text()}}, expect=422)
+    assert answer["error"]["code"] == "INVALID_SPEC"
+    assert answer["error"]["problems"] == [
+        f"{name}: file name: not a file directly in the specs directory"
+    ]
+
+
 # -- hostile requests -----------------------------------------------------------------------------
 
 CATEGORY = {

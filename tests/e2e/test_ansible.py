@@ -74,7 +74,18 @@ def sleeper(seconds: int = 3600) -> dict[str, Any]:
     }
 
 
-BASE_SPECS = {"alpha": sleeper(), "beta": sleeper(), "gamma": sleeper()}
+BASE_SPECS = {"alpha": sleeper(), "beta": sleeper()}
+"""reconciler_specs; gamma comes from a file of reconciler_spec_files."""
+GAMMA_FILE = f"""# A spec file the role copies as it is, this comment with it. Its id key is
+# checked against the file's name: validated under any other name, it fails.
+id = "gamma"
+type = "sleeper"
+binary_path = "{SLEEP}"
+args = ["3600"]
+log = "null"
+graceful_timeout_seconds = 5
+env = {{ {MARK_ENV} = "{SESSION_MARK}" }}
+"""
 
 
 # --- what the role is given ---------------------------------------------------------------
@@ -222,6 +233,9 @@ class Deployment:
         self.pid_file = root / "run" / "reconciler" / "reconciler.pid"
         self.log_file = root / "var" / "log" / "reconciler" / "reconciler.log"
         self.bin_dir = root / "usr" / "local" / "bin"
+        gamma = base / "files" / "gamma.toml"
+        gamma.parent.mkdir()
+        gamma.write_text(GAMMA_FILE)
         self.variables: dict[str, Any] = {
             "reconciler_service_manager": "background",
             "reconciler_owner": pwd.getpwuid(os.getuid()).pw_name,
@@ -244,6 +258,7 @@ class Deployment:
             "reconciler_default_graceful_timeout_seconds": 5,
             "reconciler_stop_timeout_seconds": 30,
             "reconciler_wait_timeout_seconds": 30,
+            "reconciler_spec_files": [str(gamma)],
         }
         self.runs = 0
         self.first: Play | None = None
@@ -382,6 +397,7 @@ def test_first_run_installs_starts_and_converges(deployment: Deployment) -> None
         "beta.toml",
         "gamma.toml",
     ]
+    assert (deployment.specs_dir / "gamma.toml").read_text() == GAMMA_FILE
     # A background daemon, by its pid file, running this venv's reconciler on this config.
     pid = deployment.daemon_pid()
     assert pid is not None and alive(pid)

@@ -94,6 +94,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     try:
         wait_for(
             lambda: running.cli("status").returncode == 0,
+            timeout=30,  # a loaded machine can take more than 10 s to start one
             message=f"the daemon answers on {running.socket}:\n{running.stderr_path.read_text()}",
         )
         yield running

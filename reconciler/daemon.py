@@ -98,7 +98,6 @@ def setup_logging(log_format: str, level: str = "INFO") -> None:
     root.setLevel(level)
     # aiohttp logs every request at INFO; the reconciler's own lines matter more.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 def load_config(options: RunOptions) -> ManagerConfigFile:

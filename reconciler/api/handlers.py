@@ -88,11 +88,10 @@ def _reconciler(request: web.Request) -> Reconciler:
 
 
 def _flag(request: web.Request, name: str) -> bool:
-    value = request.query.get(name, "false").lower()
-    if value in ("1", "true", "yes"):
-        return True
-    if value in ("0", "false", "no", ""):
-        return False
+    """A boolean query parameter, as the OpenAPI document has it: true or false (any case)."""
+    value = request.query.get(name, "false")
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
     raise web.HTTPBadRequest(text=f"{name}: must be true or false (got {value!r})")
 
 
@@ -242,12 +241,12 @@ async def events(request: web.Request) -> web.Response:
     limit_text = request.query.get("limit")
     limit: int | None = None
     if limit_text is not None:
-        try:
-            limit = int(limit_text)
-        except ValueError:
-            limit = 0
-        if limit < 1:
+        # Digits only: int() would also take " 5", "+5", "1_0" and non-ASCII digits.
+        significant = limit_text.lstrip("0")
+        if not (limit_text.isascii() and limit_text.isdigit() and significant):
             raise web.HTTPBadRequest(text=f"limit: must be a positive integer (got {limit_text!r})")
+        # More than any event log holds (and than int() parses, past 4300 digits): all.
+        limit = int(significant) if len(significant) <= 18 else None
     # A forgotten collector's events are still of interest: an unknown id is no error.
     events = [
         e for e in reconciler.events if collector_id is None or e.collector_id == collector_id

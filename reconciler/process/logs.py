@@ -27,6 +27,8 @@ from typing import BinaryIO
 logger = logging.getLogger(__name__)
 
 LOG_SUFFIX = ".log"
+PREVIOUS_SUFFIX = ".previous.log"
+"""The run before the current one (``reconciler logs --previous``): never rotated."""
 
 
 def backup_path(path: Path, number: int) -> Path:
@@ -109,13 +111,17 @@ def _copy_tail(log: BinaryIO, copy: BinaryIO, *, max_bytes: int) -> None:
     """
     end = os.fstat(log.fileno()).st_size
     start = max(0, end - max_bytes)
+    mid_line = False
+    if start:
+        log.seek(start - 1)
+        mid_line = log.read(1) != b"\n"
     log.seek(start)
     copied = 0
     while copied < max_bytes:
         chunk = log.read(min(COPY_CHUNK_BYTES, max_bytes - copied))
         if not chunk:
             return
-        if start and not copied:
+        if mid_line and not copied:
             # Cut at a line: the backup starts with a whole line where there is one.
             newline = chunk.find(b"\n")
             if 0 <= newline < len(chunk) - 1:
@@ -123,6 +129,29 @@ def _copy_tail(log: BinaryIO, copy: BinaryIO, *, max_bytes: int) -> None:
                 chunk = chunk[newline + 1 :]
         copy.write(chunk)
         copied += len(chunk)
+
+
+def _trim_to_tail(path: Path, *, max_bytes: int) -> bool:
+    """Cut a file no one writes down to its newest ``max_bytes``; whether it was cut."""
+    if path.stat().st_size <= max_bytes:
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(fd, "rb", buffering=0) as log:
+        mode = os.fstat(fd).st_mode & 0o777
+        try:
+            with open(
+                os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode),
+                "wb",
+                buffering=0,
+            ) as copy:
+                _copy_tail(log, copy, max_bytes=max_bytes)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+            raise
+    os.replace(partial, path)
+    return True
 
 
 def rotate_all(log_dir: Path, *, max_bytes: int, backups: int) -> list[Path]:
@@ -139,6 +168,14 @@ def rotate_all(log_dir: Path, *, max_bytes: int, backups: int) -> list[Path]:
         return rotated
     for path in entries:
         if path.suffix != LOG_SUFFIX or path.name.startswith(".") or not path.is_file():
+            continue
+        if path.name.endswith(PREVIOUS_SUFFIX):
+            # The run before: no one writes it any more; no backups, its newest part kept.
+            try:
+                if _trim_to_tail(path, max_bytes=max_bytes):
+                    rotated.append(path)
+            except OSError as exc:
+                logger.warning("cannot trim %s: %s", path, exc)
             continue
         try:
             if rotate_if_needed(path, max_bytes=max_bytes, backups=backups):

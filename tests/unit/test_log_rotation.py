@@ -184,3 +184,16 @@ def test_a_flood_never_makes_a_backup_larger_than_the_limit(log: Path, append_fd
     assert backup.endswith(b"flood line 09999\n")
     assert backup.startswith(b"flood line ")
     assert log.read_bytes() == b""
+
+
+def test_the_previous_run_gets_no_backups_and_keeps_its_newest_part(tmp_path: Path) -> None:
+    (tmp_path / "web.previous.log").write_bytes(b"p\n" * 2500)
+    (tmp_path / "web.log").write_bytes(b"c\n" * 2500)
+    (tmp_path / "db.previous.log").write_bytes(b"small\n")
+
+    rotated = rotate_all(tmp_path, max_bytes=2048, backups=1)
+
+    assert rotated == [tmp_path / "web.log", tmp_path / "web.previous.log"]
+    assert (tmp_path / "web.previous.log").read_bytes() == b"p\n" * 1024
+    assert not (tmp_path / "web.previous.log.1").exists()
+    assert (tmp_path / "db.previous.log").read_bytes() == b"small\n"

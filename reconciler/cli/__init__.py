@@ -25,32 +25,7 @@ import os
 import sys
 
 from reconciler import __version__
-from reconciler.cli.client import socket_argument
 from reconciler.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Subcommand
-from reconciler.cli.completion import cmd_completion, completion_arguments
-from reconciler.cli.diff import cmd_diff, diff_arguments
-from reconciler.cli.files import (
-    _new_arguments,
-    _run_arguments,
-    _validate_arguments,
-    cmd_new,
-    cmd_run,
-    cmd_schema,
-    cmd_validate,
-)
-from reconciler.cli.logs import _logs_arguments, cmd_logs
-from reconciler.cli.status import (
-    _action_arguments,
-    _events_arguments,
-    _status_arguments,
-    cmd_events,
-    cmd_pause,
-    cmd_reload,
-    cmd_restart,
-    cmd_resume,
-    cmd_status,
-)
-from reconciler.cli.wait import _wait_arguments, cmd_wait
 from reconciler.errors import InvalidSpec, ReconcilerError
 
 # --- registry and dispatch ------------------------------------------------------------
@@ -59,25 +34,25 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
         name="run",
         help="the daemon: keep processes equal to the spec directory (foreground, logs to stderr)",
-        add_arguments=_run_arguments,
-        run=cmd_run,
+        arguments="files:_run_arguments",
+        command="files:cmd_run",
     ),
     Subcommand(
         name="validate",
         help="check spec files or directories; exit 1 naming file, key and reason",
-        add_arguments=_validate_arguments,
-        run=cmd_validate,
+        arguments="files:_validate_arguments",
+        command="files:cmd_validate",
     ),
     Subcommand(
         name="schema",
         help="print the JSON Schema of spec files (for editors and CI linting)",
-        run=cmd_schema,
+        command="files:cmd_schema",
     ),
     Subcommand(
         name="new",
         help="print or write a valid starter spec",
-        add_arguments=_new_arguments,
-        run=cmd_new,
+        arguments="files:_new_arguments",
+        command="files:cmd_new",
         usage="%(prog)s ID [--type T] [--binary B] [-o FILE] [--force] [-- ARGS...]",
         passthrough=True,
     ),
@@ -85,70 +60,72 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         name="status",
         help="table of collectors: id, type, desired, state, health, pid, uptime, restarts, "
         "error; with ID, one in detail",
-        add_arguments=_status_arguments,
-        run=cmd_status,
+        arguments="status:_status_arguments",
+        command="status:cmd_status",
     ),
     Subcommand(
         name="restart",
         help="gracefully restart a collector now",
-        add_arguments=_action_arguments,
-        run=cmd_restart,
+        arguments="status:_action_arguments",
+        command="status:cmd_restart",
     ),
     Subcommand(
         name="pause",
         help="pause a collector (SIGSTOP) until resumed or its spec file changes",
-        add_arguments=_action_arguments,
-        run=cmd_pause,
+        arguments="status:_action_arguments",
+        command="status:cmd_pause",
     ),
     Subcommand(
         name="resume",
         help="resume a paused collector",
-        add_arguments=_action_arguments,
-        run=cmd_resume,
+        arguments="status:_action_arguments",
+        command="status:cmd_resume",
     ),
     Subcommand(
         name="reload",
         help="reload the config file and rescan the specs now; exit 1 naming a refused key",
-        add_arguments=socket_argument,
-        run=cmd_reload,
+        arguments="client:socket_argument",
+        command="status:cmd_reload",
     ),
     Subcommand(
         name="events",
         help="recent events, oldest first: what was done, when and why",
-        add_arguments=_events_arguments,
-        run=cmd_events,
+        arguments="status:_events_arguments",
+        command="status:cmd_events",
     ),
     Subcommand(
         name="diff",
         help="what applying these spec files would do (start, restart, update in place, "
         "stop, keep), from the daemon's own plan(); exit 0 no difference, 1 differences, 2 error",
-        add_arguments=diff_arguments,
-        run=cmd_diff,
+        arguments="diff:diff_arguments",
+        command="diff:cmd_diff",
     ),
     Subcommand(
         name="wait",
         help="block until converged: exit 0 when every (named) collector runs its current "
         "spec in its desired state; 1 on timeout or failure, naming what is pending",
-        add_arguments=_wait_arguments,
-        run=cmd_wait,
+        arguments="wait:_wait_arguments",
+        command="wait:cmd_wait",
     ),
     Subcommand(
         name="logs",
         help="a collector's log file (log = \"file\"): all of the current run, the last N "
         "lines (-n), following it across rotation (-f), or the run before (--previous)",
-        add_arguments=_logs_arguments,
-        run=cmd_logs,
+        arguments="logs:_logs_arguments",
+        command="logs:cmd_logs",
     ),
     Subcommand(
         name="completion",
         help="print a bash or zsh completion script for reconciler",
-        add_arguments=completion_arguments,
-        run=cmd_completion,
+        arguments="completion:completion_arguments",
+        command="completion:cmd_completion",
     ),
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, every other command's arguments are left out
+    (and their modules unimported): what running one command needs."""
     parser = argparse.ArgumentParser(
         prog="reconciler",
         description="Declarative supervisor for collector processes.",
@@ -162,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=subcommand.help,
             usage=subcommand.usage,
         )
-        if subcommand.add_arguments is not None:
+        if only is None or subcommand.name == only:
             subcommand.add_arguments(sub)
         sub.set_defaults(subcommand=subcommand)
     return parser
@@ -170,10 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse ``argv``; exits with 2 (argparse) on a usage error."""
-    parser = build_parser()
     by_name = {subcommand.name: subcommand for subcommand in SUBCOMMANDS}
     cut = argv.index("--") if "--" in argv else len(argv)
     words = [arg for arg in argv[:cut] if not arg.startswith("-")]
+    parser = build_parser(words[0] if words and words[0] in by_name else None)
     # argparse cannot take "ID --type T -- ARGS": a "*" positional is consumed,
     # empty, at the ID, and what follows "--" is then "unrecognized". So for a
     # passthrough command the tail is cut off before parsing.

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import argparse
 import errno
-import http.client
 import json
 import os
 import socket
 import stat
 import sys
-import urllib.parse
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from reconciler.cli.common import EXIT_ERROR
@@ -47,15 +43,16 @@ def socket_argument(parser: argparse.ArgumentParser) -> None:
     default = os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
     parser.add_argument(
         "--socket",
-        type=Path,
+        # A str, not a Path: pathlib's import (urllib.parse with it) costs more than
+        # a status request; callers that need a Path make one.
         metavar="PATH",
-        default=Path(default),
+        default=default,
         help=f"the reconciler's control socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET}; "
         f"now {default})",
     )
 
 
-def _unreachable(socket_path: Path, error: OSError | None) -> str:
+def _unreachable(socket_path: str, error: OSError | None) -> str:
     code = error.errno if error is not None else None
     hint = "is `reconciler run` running? use --socket or $" + SOCKET_ENV + " to point elsewhere"
     if code == errno.ENOENT:
@@ -74,41 +71,90 @@ def _unreachable(socket_path: Path, error: OSError | None) -> str:
     return f"cannot reach the reconciler at {socket_path}: {reason} ({hint})"
 
 
-def _is_socket(path: Path) -> bool:
+def _is_socket(path: str) -> bool:
     try:
         return stat.S_ISSOCK(os.stat(path).st_mode)
     except OSError:
         return False
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over the control socket (a unix socket), from the standard library."""
+class _BadAnswer(Exception):
+    """Not an HTTP answer this client understands."""
 
-    def __init__(self, socket_path: str, *, timeout_seconds: float | None) -> None:
-        super().__init__("reconciler", timeout=timeout_seconds)
-        self._socket_path = socket_path
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+def _exchange(
+    socket_path: str, request: bytes, *, timeout_seconds: float | None
+) -> tuple[int, bytes]:
+    """Send one HTTP/1.1 request (``Connection: close``); the status and the body.
+
+    A few lines of HTTP instead of ``http.client``: importing it (and the
+    ``email`` package it parses headers with) took longer than the request.
+    The daemon is aiohttp, which answers a closed connection with a
+    ``Content-Length`` or chunked body; both are read here.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_seconds)
+    try:
         try:
-            sock.connect(self._socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+            sock.connect(socket_path)
+        except OSError as exc:
+            raise Unreachable(_unreachable(socket_path, exc)) from exc
+        sock.sendall(request)
+        chunks: list[bytes] = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    finally:
+        sock.close()
+    return _parse_answer(b"".join(chunks))
+
+
+def _parse_answer(raw: bytes) -> tuple[int, bytes]:
+    head, separator, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status_line = lines[0].split(b" ", 2)
+    if not separator or len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1."):
+        raise _BadAnswer("not an HTTP answer")
+    try:
+        status = int(status_line[1])
+    except ValueError:
+        raise _BadAnswer("no HTTP status") from None
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip().lower()
+    if headers.get(b"transfer-encoding") == b"chunked":
+        return status, _unchunk(body)
+    length = headers.get(b"content-length")
+    if length is not None and length.isdigit():
+        body = body[: int(length)]
+    return status, body
+
+
+def _unchunk(body: bytes) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size_line, separator, rest = body.partition(b"\r\n")
+        if not separator:
+            raise _BadAnswer("a chunked body ended early")
+        try:
+            size = int(size_line.split(b";", 1)[0], 16)
+        except ValueError:
+            raise _BadAnswer("a bad chunk size") from None
+        if size == 0:
+            return b"".join(parts)
+        parts.append(rest[:size])
+        body = rest[size + 2 :]
 
 
 class Client:
     """Requests on the control socket; every call returns the decoded JSON body.
 
-    The standard library's ``http.client``, not aiohttp: a client command sends
-    one request, and importing an asyncio HTTP stack for it cost more than the
-    request itself.
+    Plain sockets, not aiohttp or ``http.client``: a client command sends one
+    request, and importing an HTTP stack for it cost more than the request.
     """
 
-    def __init__(self, socket_path: Path) -> None:
-        self.socket_path = socket_path
+    def __init__(self, socket_path: str | os.PathLike[str]) -> None:
+        self.socket_path = os.fspath(socket_path)
 
     def __enter__(self) -> Client:
         return self
@@ -125,26 +171,25 @@ class Client:
         json_body: object = None,
         timeout_seconds: float | None = READ_TIMEOUT_SECONDS,
     ) -> Any:
-        url = API + path + ("?" + urllib.parse.urlencode(params) if params else "")
-        data = json.dumps(json_body).encode() if json_body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        connection = _UnixConnection(str(self.socket_path), timeout_seconds=timeout_seconds)
+        query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in (params or {}).items())
+        url = API + path + ("?" + query if query else "")
+        data = json.dumps(json_body).encode() if json_body is not None else b""
+        head = f"{method} {url} HTTP/1.1\r\nHost: reconciler\r\nConnection: close\r\n"
+        if data:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        elif method in ("POST", "PUT", "PATCH"):
+            head += "Content-Length: 0\r\n"
         try:
-            try:
-                connection.connect()
-            except OSError as exc:
-                raise Unreachable(_unreachable(self.socket_path, exc)) from exc
-            try:
-                connection.request(method, url, body=data, headers=headers)
-                response = connection.getresponse()
-                status, raw = response.status, response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                reason = str(exc) or type(exc).__name__
-                raise ClientFailure(
-                    f"no answer from the reconciler at {self.socket_path}: {reason}"
-                ) from exc
-        finally:
-            connection.close()
+            status, raw = _exchange(
+                str(self.socket_path),
+                head.encode() + b"\r\n" + data,
+                timeout_seconds=timeout_seconds,
+            )
+        except (OSError, _BadAnswer) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise ClientFailure(
+                f"no answer from the reconciler at {self.socket_path}: {reason}"
+            ) from exc
         try:
             body = json.loads(raw)
         except ValueError:
@@ -171,8 +216,17 @@ def client_command(args: argparse.Namespace, talk: Callable[[Client], int]) -> i
         return 130
 
 
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _quote(text: str) -> str:
+    """Percent-encode all but RFC 3986's unreserved characters (``urllib.parse.quote``
+    with ``safe=""``; that module's import costs more than a status request)."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode())
+
+
 def collector_path(collector_id: str) -> str:
-    return "/collectors/" + urllib.parse.quote(collector_id, safe="")
+    return "/collectors/" + _quote(collector_id)
 
 
 def human_duration(seconds: float) -> str:
@@ -191,6 +245,8 @@ def human_duration(seconds: float) -> str:
 
 
 def utc(unix_time: float) -> str:
+    from datetime import UTC, datetime
+
     return datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

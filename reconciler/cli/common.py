@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -16,19 +17,50 @@ SPEC_SUFFIX = ".toml"
 (a test keeps the two equal)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Subcommand:
-    """One ``reconciler NAME ...`` command."""
+def _resolve(reference: str) -> Callable[..., Any]:
+    """``"status:cmd_status"`` -> ``reconciler.cli.status.cmd_status``, imported now."""
+    module, _, name = reference.partition(":")
+    found: Callable[..., Any] = getattr(importlib.import_module(f"reconciler.cli.{module}"), name)
+    return found
 
-    name: str
-    help: str
-    run: Callable[[argparse.Namespace], int]
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
-    usage: str | None = None
-    """Overrides argparse's usage line (needed when ``passthrough`` is set)."""
-    passthrough: bool = False
-    """Takes ``-- ARGS...``: everything after the first ``--`` lands, verbatim,
-    in ``args.passthrough`` (a list; empty for commands without it)."""
+
+class Subcommand:
+    """One ``reconciler NAME ...`` command.
+
+    Its functions are named, as ``"module:function"`` in ``reconciler.cli``, and
+    imported only when that command runs or its arguments are declared: a client
+    command imports its own module, not every command's.
+    """
+
+    __slots__ = ("arguments", "command", "help", "name", "passthrough", "usage")
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        help: str,
+        command: str,
+        arguments: str | None = None,
+        usage: str | None = None,
+        passthrough: bool = False,
+    ) -> None:
+        self.name = name
+        self.help = help
+        self.command = command
+        self.arguments = arguments
+        self.usage = usage
+        """Overrides argparse's usage line (needed when ``passthrough`` is set)."""
+        self.passthrough = passthrough
+        """Takes ``-- ARGS...``: everything after the first ``--`` lands, verbatim,
+        in ``args.passthrough`` (a list; empty for commands without it)."""
+
+    def run(self, args: argparse.Namespace) -> int:
+        code: int = _resolve(self.command)(args)
+        return code
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        if self.arguments is not None:
+            _resolve(self.arguments)(parser)
 
 
 def plural(count: int, noun: str) -> str:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
-import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -56,7 +56,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _terminal_width() -> int:
-    return shutil.get_terminal_size((120, 24)).columns
+    # shutil.get_terminal_size, without importing shutil (and bz2, lzma with it).
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 120
 
 
 STATUS_COLUMNS = ("ID", "TYPE", "DESIRED", "STATE", "HEALTH", "PID", "UPTIME", "RESTARTS", "ERROR")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+from reconciler.cli.client import _BadAnswer, _parse_answer, _quote
 from reconciler.cli.common import SPEC_SUFFIX
 from reconciler.spec import SPEC_SUFFIX as SPEC_SUFFIX_OF_SPEC
 
@@ -26,3 +29,59 @@ def test_parsing_a_client_command_imports_no_pydantic_and_no_daemon() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert result.stdout.strip() == "", result.stdout
+
+
+def test_a_client_command_imports_no_http_stack_and_only_its_own_module() -> None:
+    code = (
+        "import sys\n"
+        # what the interpreter (site, an editable install's finder) has already is not ours
+        "before = set(sys.modules)\n"
+        "from reconciler.cli import parse_args\n"
+        "parse_args(['status', '--json'])\n"
+        "heavy = [m for m in ('http.client', 'email', 'urllib.parse', 'reconciler.cli.logs',"
+        " 'reconciler.cli.diff', 'reconciler.cli.files', 'shtab')"
+        " if m in sys.modules and m not in before]\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert result.stdout.strip() == "", result.stdout
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+            (200, b"{}"),
+            id="content-length",
+        ),
+        pytest.param(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\n{\"a\r\n4;x=1\r\n\": 1\r\n1\r\n}\r\n0\r\n\r\n",
+            (404, b'{"a": 1}'),
+            id="chunked-with-extension",
+        ),
+        pytest.param(b"HTTP/1.0 500 X\r\n\r\nbody", (500, b"body"), id="until-close"),
+    ],
+)
+def test_answers_are_parsed(raw: bytes, expected: tuple[int, bytes]) -> None:
+    assert _parse_answer(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"garbage", b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 abc\r\n\r\n",
+     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"],
+)
+def test_what_is_not_an_answer_is_refused(raw: bytes) -> None:
+    with pytest.raises(_BadAnswer):
+        _parse_answer(raw)
+
+
+@pytest.mark.parametrize("text", ["a", "../x", "%2e%2e", "ü b/c", "a&b=c", "x" * 300])
+def test_ids_are_quoted_as_urllib_does(text: str) -> None:
+    import urllib.parse
+
+    assert _quote(text) == urllib.parse.quote(text, safe="")

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler.api import ApiServer
+from reconciler.crashes import CRASH_DIR_NAME, CrashRecorder
 from reconciler.errors import InvalidSpec, ProcessNotFound, ReconcilerError
 from reconciler.loop import Applied, Reconciler, resolve_spec_paths, run_until
 from reconciler.metrics import MetricsServer
@@ -160,6 +161,7 @@ class Daemon:
         # Built here so that a malformed address is a start-up error (exit 1).
         self.metrics = MetricsServer(self.reconciler, address=settings.metrics_address)
         self._spec_dumps: dict[str, dict[str, Any]] = {}
+        self.crashes = CrashRecorder(self.state_dir / CRASH_DIR_NAME)
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; what needs a restart is said in the log."""
@@ -213,6 +215,31 @@ class Daemon:
     def _on_manager_event(self, event: ManagerEvent) -> None:
         if event.kind in STATE_CHANGING_EVENTS:
             self._state_changed()
+        if event.kind == "exited":
+            self._record_crash(event)
+
+    def _record_crash(self, event: ManagerEvent) -> None:
+        """An exit the spec did not ask for: keep what it left (``reconciler crashes``)."""
+        try:
+            record = self.manager.executor.get(event.collector_id)
+        except ProcessNotFound:
+            return
+        config = record.config
+        limits = config.resource_limits
+        log_path = self.log_dir / f"{event.collector_id}.log" if config.log == "file" else None
+        try:
+            self.crashes.record(
+                event.collector_id,
+                exit_code=record.last_exit_code,
+                description=event.message,
+                run_seconds=record.exit.run_seconds if record.exit is not None else 0.0,
+                log_path=log_path,
+                core_dump=limits is not None and limits.core_dump,
+                cwd=config.working_dir or os.getcwd(),
+                wall_time=event.wall_time,
+            )
+        except OSError as exc:
+            log.warning("%s: cannot write its crash record: %s", event.collector_id, exc)
 
     def _spec_dump(self, applied: Applied) -> dict[str, Any]:
         dump = self._spec_dumps.get(applied.spec_hash)

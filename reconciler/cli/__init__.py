@@ -115,6 +115,13 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         command="logs:cmd_logs",
     ),
     Subcommand(
+        name="crashes",
+        help="crash records, oldest first: time, exit code or signal, run length, "
+        "the last log lines, the core file; with ID, one collector's in full",
+        arguments="crashes:crashes_arguments",
+        command="crashes:cmd_crashes",
+    ),
+    Subcommand(
         name="completion",
         help="print a bash or zsh completion script for reconciler",
         arguments="completion:completion_arguments",

@@ -1,0 +1,172 @@
+"""Crash records: what a collector left behind each time it ended without being asked to.
+
+On every exit the spec did not ask for, the daemon writes one small JSON file
+under ``<state_dir>/crashes/``: the time, the exit code or signal, how long
+the run lasted, the last lines of the collector's log (``log = "file"``) and,
+when ``resource_limits.core_dump = true`` allowed one, the core file's path.
+Records are pruned to the newest ``KEEP_PER_COLLECTOR`` of each collector.
+``reconciler crashes [ID]`` and ``reconciler status ID`` read them.
+
+Standard library only, so that the command line can read records without
+importing the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+CRASH_DIR_NAME = "crashes"
+KEEP_PER_COLLECTOR = 20
+TAIL_LINES = 50
+TAIL_BYTES = 64 * 1024
+CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
+CORE_SIGNALS = frozenset(
+    {
+        signal.SIGQUIT,
+        signal.SIGILL,
+        signal.SIGTRAP,
+        signal.SIGABRT,
+        signal.SIGBUS,
+        signal.SIGFPE,
+        signal.SIGSEGV,
+        signal.SIGXCPU,
+        signal.SIGXFSZ,
+        signal.SIGSYS,
+    }
+)
+"""Signals whose default action dumps core."""
+
+
+def log_tail(path: Path | None, *, lines: int = TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines of ``path`` (read from its last ``TAIL_BYTES``)."""
+    if path is None:
+        return []
+    try:
+        with path.open("rb") as log:
+            size = os.fstat(log.fileno()).st_size
+            log.seek(max(0, size - TAIL_BYTES))
+            data = log.read(TAIL_BYTES)
+    except OSError:
+        return []
+    text = data.decode("utf-8", errors="replace").splitlines()
+    if size > TAIL_BYTES and text:
+        text = text[1:]  # the first line read is cut
+    return text[-lines:]
+
+
+def find_core(*, signal_number: int | None, cwd: str, since: float) -> str | None:
+    """The core file a signal's death left, where ``core_pattern`` puts it (if it does)."""
+    if signal_number not in CORE_SIGNALS:
+        return None
+    try:
+        pattern = CORE_PATTERN.read_text().strip()
+    except OSError:
+        return None
+    if not pattern or pattern.startswith("|"):
+        return None  # piped to a helper (systemd-coredump, apport): not a file here
+    where = Path(pattern if pattern.startswith("/") else os.path.join(cwd, pattern))
+    prefix = where.name.split("%", 1)[0]
+    try:
+        candidates = [
+            entry
+            for entry in where.parent.iterdir()
+            if entry.name.startswith(prefix) and entry.stat().st_mtime >= since - 1.0
+        ]
+    except OSError:
+        return None
+    if not candidates:
+        return None
+    return str(max(candidates, key=lambda entry: entry.stat().st_mtime))
+
+
+class CrashRecorder:
+    """Writes and prunes the records of one state dir."""
+
+    def __init__(self, directory: Path, *, keep: int = KEEP_PER_COLLECTOR) -> None:
+        self.directory = directory
+        self.keep = keep
+
+    def record(
+        self,
+        collector_id: str,
+        *,
+        exit_code: int | None,
+        description: str,
+        run_seconds: float,
+        log_path: Path | None,
+        core_dump: bool,
+        cwd: str,
+        wall_time: float | None = None,
+    ) -> Path:
+        when = time.time() if wall_time is None else wall_time
+        signal_number = -exit_code if exit_code is not None and exit_code < 0 else None
+        record: dict[str, Any] = {
+            "id": collector_id,
+            "time": when,
+            "exit_code": exit_code if exit_code is not None and exit_code >= 0 else None,
+            "signal": _signal_name(signal_number),
+            "description": description,
+            "run_seconds": round(run_seconds, 3),
+            "log_tail": log_tail(log_path),
+            "core_file": (
+                find_core(signal_number=signal_number, cwd=cwd, since=when - run_seconds)
+                if core_dump
+                else None
+            ),
+        }
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        path = self.directory / f"{collector_id}-{int(when * 1000):015d}.json"
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(record, indent=1))
+        os.replace(partial, path)
+        self.prune(collector_id)
+        return path
+
+    def prune(self, collector_id: str) -> None:
+        for old in list_files(self.directory, collector_id)[: -self.keep or None]:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+
+
+def _signal_name(number: int | None) -> str | None:
+    if number is None:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _collector_of(path: Path) -> str:
+    return path.stem.rsplit("-", 1)[0]
+
+
+def list_files(directory: Path, collector_id: str | None = None) -> list[Path]:
+    """Record files, oldest first; only ``collector_id``'s when given."""
+    try:
+        entries = [p for p in directory.iterdir() if p.suffix == ".json" and "-" in p.stem]
+    except OSError:
+        return []
+    if collector_id is not None:
+        entries = [p for p in entries if _collector_of(p) == collector_id]
+    return sorted(entries, key=lambda p: (p.stem.rsplit("-", 1)[1], p.name))
+
+
+def load(directory: Path, collector_id: str | None = None) -> list[dict[str, Any]]:
+    """The records, oldest first; unreadable ones are skipped."""
+    records = []
+    for path in list_files(directory, collector_id):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            data["file"] = str(path)
+            records.append(data)
+    return records

@@ -1,0 +1,101 @@
+"""Crash records (``<state_dir>/crashes/``, ``reconciler crashes``) from a real
+``reconciler run``: a collector that crashes once, one killed by a signal that
+dumps core, and the pruning of old records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reconciler.crashes import CORE_PATTERN, CrashRecorder, list_files
+from tests.e2e.test_run import Daemon
+from tests.support import MARK_ENV, RECONCILER, pids_with_env, wait_for
+
+
+def _crashes(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [RECONCILER, "crashes", *args, "--state-dir", str(daemon.state)],
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    running = Daemon(tmp_path)
+    wait_for(lambda: "watching" in running.stderr, message="daemon started")
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+        for pid in pids_with_env(MARK_ENV, running.mark):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _spec(daemon: Daemon, script: str, extra: str = "") -> str:
+    return (
+        f'type = "crasher"\nbinary_path = "/bin/sh"\nargs = ["-c", {json.dumps(script)}]\n'
+        f'log = "file"\nenv = {{ {MARK_ENV} = "{daemon.mark}" }}\n{extra}'
+    )
+
+
+@pytest.mark.timeout(60)
+def test_a_crash_is_recorded_with_its_exit_and_last_log_lines(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    flag = tmp_path / "crashed-once"
+    (daemon.specs / "a.toml").write_text(
+        _spec(daemon, f'if [ ! -e {flag} ]; then : > {flag}; for i in $(seq 60); do echo "line $i";'
+                      ' done; exit 3; fi; exec sleep 300')
+    )
+    wait_for(lambda: list_files(daemon.state / "crashes", "a"), message="a crash record")
+    [record] = json.loads(_crashes(daemon, "a", "--json").stdout)
+    assert record["id"] == "a" and record["exit_code"] == 3 and record["signal"] is None
+    assert record["log_tail"] == [f"line {i}" for i in range(11, 61)], "the last 50 lines"
+    assert record["run_seconds"] >= 0 and record["core_file"] is None
+    table = _crashes(daemon)
+    assert table.returncode == 0 and "exit 3" in table.stdout and " a " in table.stdout
+    detail = _crashes(daemon, "a").stdout
+    assert "exited with code 3" in detail and "    line 60" in detail
+
+
+@pytest.mark.timeout(60)
+def test_a_signal_that_dumps_core_names_the_core_file(daemon: Daemon, tmp_path: Path) -> None:
+    if CORE_PATTERN.read_text().strip() != "core":
+        pytest.skip("this machine's core_pattern is not a plain file name")
+    work = tmp_path / "work"
+    work.mkdir()
+    flag = tmp_path / "crashed-once"
+    (daemon.specs / "b.toml").write_text(
+        _spec(
+            daemon,
+            f"if [ ! -e {flag} ]; then : > {flag}; kill -SEGV $$; fi; exec sleep 300",
+            f'working_dir = "{work}"\n[resource_limits]\ncore_dump = true\n',
+        )
+    )
+    wait_for(lambda: list_files(daemon.state / "crashes", "b"), message="b's crash record")
+    [record] = json.loads(_crashes(daemon, "b", "--json").stdout)
+    assert record["signal"] == "SIGSEGV"
+    assert record["core_file"] == str(work / "core")
+    assert (work / "core").stat().st_size > 0
+
+
+def test_old_records_are_pruned(tmp_path: Path) -> None:
+    recorder = CrashRecorder(tmp_path / "crashes", keep=3)
+    for n in range(5):
+        recorder.record("a", exit_code=n, description=f"exited with code {n}", run_seconds=1.0,
+                        log_path=None, core_dump=False, cwd=str(tmp_path), wall_time=1000.0 + n)
+    recorder.record("b", exit_code=1, description="x", run_seconds=1.0, log_path=None,
+                    core_dump=False, cwd=str(tmp_path), wall_time=999.0)
+    kept = [json.loads(p.read_text())["exit_code"] for p in list_files(tmp_path / "crashes", "a")]
+    assert kept == [2, 3, 4], "the newest three of a"
+    assert len(list_files(tmp_path / "crashes", "b")) == 1, "b's are its own"

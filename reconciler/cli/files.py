@@ -232,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             specs_dir=args.specs,
             state_dir=args.state_dir,
             metrics_address=args.metrics_address,
-            socket_path=Path(args.socket),
+            socket_path=Path(args.socket) if args.socket is not None else None,
             log_format=args.log_format,
             log_level=args.log_level,
         )

@@ -55,7 +55,7 @@ def small_logs(tmp_path: Path) -> Path:
 
 def _running(tmp_path: Path, *extra: str) -> Daemon:
     daemon = Daemon(tmp_path, *extra)
-    wait_for(lambda: "watching" in daemon.stderr, message="daemon started")
+    wait_for(lambda: "watching" in daemon.stderr, timeout=30, message="daemon started")
     (daemon.specs / "good.toml").write_text(spec(daemon.mark))
     return daemon
 

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler.api import ApiServer
-from reconciler.crashes import CRASH_DIR_NAME, CrashRecorder
+from reconciler.crashes import CRASH_DIR_NAME, CrashRecorder, list_files
 from reconciler.errors import InvalidSpec, ProcessNotFound, ReconcilerError
 from reconciler.loop import Applied, Reconciler, resolve_spec_paths, run_until
 from reconciler.metrics import MetricsServer
@@ -228,7 +228,7 @@ class Daemon:
         limits = config.resource_limits
         log_path = self.log_dir / f"{event.collector_id}.log" if config.log == "file" else None
         try:
-            self.crashes.record(
+            path = self.crashes.record(
                 event.collector_id,
                 exit_code=record.last_exit_code,
                 description=event.message,
@@ -240,6 +240,17 @@ class Daemon:
             )
         except OSError as exc:
             log.warning("%s: cannot write its crash record: %s", event.collector_id, exc)
+            return
+        self._remember_crash(path)
+
+    def _remember_crash(self, path: Path) -> None:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            record["file"] = str(path)
+            self.reconciler.last_crashes[record["id"]] = record
 
     def _spec_dump(self, applied: Applied) -> dict[str, Any]:
         dump = self._spec_dumps.get(applied.spec_hash)
@@ -311,6 +322,9 @@ class Daemon:
         self._handle_signals()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        newest = {path.stem.rsplit("-", 1)[0]: path for path in list_files(self.crashes.directory)}
+        for path in newest.values():
+            self._remember_crash(path)
         self.manager.add_listener(self._on_manager_event)
         # The socket first: a second reconciler on the same socket must refuse
         # before it touches (adopts, restarts) any collector.

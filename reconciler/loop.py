@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reconciler.errors import InvalidSpec, ProcessManagerError, ProcessNotFound
 from reconciler.plan.actions import Action, kind
@@ -83,6 +84,10 @@ class CollectorView:
     spec_error: str | None
     override: Override | None
     converged: bool
+    log_file: str | None = None
+    """The collector's current log file (``log = "file"``), where ``reconciler logs`` reads."""
+    last_crash: Mapping[str, Any] | None = None
+    """Its newest crash record (``reconciler crashes``): time, how, run length, log tail."""
 
     @property
     def state(self) -> CollectorState:
@@ -142,6 +147,8 @@ class Reconciler:
         self.manager = manager
         self.controller = manager.controller
         self.log_dir = log_dir
+        self.last_crashes: dict[str, Mapping[str, Any]] = {}
+        """The newest crash record of each collector, kept current by the daemon."""
         self.log_max_bytes = log_max_bytes
         self.log_backups = log_backups
         self.overrides: dict[str, Override] = dict(overrides or {})
@@ -418,6 +425,11 @@ class Reconciler:
 
     # -- views ----------------------------------------------------------------------
 
+    def _log_file(self, collector_id: str, spec: CollectorSpec | None) -> str | None:
+        if self.log_dir is None or spec is None or spec.log != "file":
+            return None
+        return str(self.log_dir / f"{collector_id}.log")
+
     def view(self, collector_id: str) -> CollectorView:
         views = {v.collector_id: v for v in self.views([collector_id])}
         if collector_id not in views:
@@ -467,6 +479,8 @@ class Reconciler:
                         and collector_id not in self.controller.busy
                         and converged(desired, observed_all.get(collector_id), override)
                     ),
+                    log_file=self._log_file(collector_id, loaded.spec if loaded else None),
+                    last_crash=self.last_crashes.get(collector_id),
                 )
             )
         return result

@@ -137,6 +137,26 @@ _COLLECTOR: dict[str, Any] = {
         "type": ["object", "null"],
         "description": "The spec file's keys; env values are replaced by env_keys.",
     },
+    "log_file": {
+        **_NULLABLE_STRING,
+        "description": 'The current log file (log = "file"), read by reconciler logs.',
+    },
+    "last_crash": {
+        "type": ["object", "null"],
+        "description": "The newest crash record (reconciler crashes): exit it made, when, "
+        "after how long, the last lines of its log, its core file.",
+        "required": ["time", "exit_code", "signal", "description", "run_seconds", "log_tail"],
+        "properties": {
+            "time": {"type": "number"},
+            "exit_code": _NULLABLE_INT,
+            "signal": _NULLABLE_STRING,
+            "description": {"type": "string"},
+            "run_seconds": {"type": "number"},
+            "log_tail": {"type": "array", "items": {"type": "string"}},
+            "core_file": _NULLABLE_STRING,
+            "file": {"type": "string"},
+        },
+    },
 }
 """Every key of ``view_to_json``: each is always there."""
 

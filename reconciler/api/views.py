@@ -74,6 +74,8 @@ def view_to_json(view: CollectorView) -> dict[str, Any]:
             else None
         ),
         "spec": spec_to_json(view.spec) if view.spec is not None else None,
+        "log_file": view.log_file,
+        "last_crash": dict(view.last_crash) if view.last_crash is not None else None,
     }
 
 

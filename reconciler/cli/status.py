@@ -172,12 +172,37 @@ def format_status_detail(collector: dict[str, Any], events: list[dict[str, Any]]
         facts.append(("args", " ".join(shlex.quote(arg) for arg in spec.get("args", [])) or "-"))
         env_keys = spec.get("env_keys", [])
         facts.append(("env", ", ".join(env_keys) + " (values hidden)" if env_keys else "-"))
+    facts.extend(_log_and_crash_facts(collector))
+    crash = collector.get("last_crash")
     label_width = max(len(label) for label, _ in facts) + 1
     lines = [f"{(label + ':').ljust(label_width)} {value}" for label, value in facts]
+    lines.extend(_crash_lines(crash))
     if events:
         lines.append("recent events:")
         lines.extend(f"  {_event_line(event)}" for event in events)
     return "\n".join(lines)
+
+
+def _log_and_crash_facts(collector: dict[str, Any]) -> list[tuple[str, str]]:
+    facts = []
+    if collector.get("log_file"):
+        facts.append(("log file", str(collector["log_file"])))
+    if collector.get("last_crash"):
+        facts.append(("last crash", _crash_text(collector["last_crash"], collector["id"])))
+    return facts
+
+
+def _crash_text(crash: dict[str, Any], collector_id: str) -> str:
+    how = f"signal {crash['signal']}" if crash.get("signal") else f"exit {crash['exit_code']}"
+    core = f", core {crash['core_file']}" if crash.get("core_file") else ""
+    after = human_duration(crash["run_seconds"])
+    return f"{utc(crash['time'])} {how} after {after}{core} (reconciler crashes {collector_id})"
+
+
+def _crash_lines(crash: dict[str, Any] | None) -> list[str]:
+    if not crash or not crash.get("log_tail"):
+        return []
+    return ["last crash, its last log lines:", *(f"  {line}" for line in crash["log_tail"][-10:])]
 
 
 def _exit_text(code: int) -> str:

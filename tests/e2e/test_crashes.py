@@ -66,6 +66,16 @@ def test_a_crash_is_recorded_with_its_exit_and_last_log_lines(
     assert table.returncode == 0 and "exit 3" in table.stdout and " a " in table.stdout
     detail = _crashes(daemon, "a").stdout
     assert "exited with code 3" in detail and "    line 60" in detail
+    # The daemon says it too: the API's last_crash, and `status ID`.
+    status = subprocess.run(
+        [RECONCILER, "status", "a", "--socket", str(daemon.state / "api.sock")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert status.returncode == 0, status.stderr
+    assert "last crash:" in status.stdout and "exit 3 after" in status.stdout
+    assert "  line 60" in status.stdout
+    [log_line] = [line for line in status.stdout.splitlines() if line.startswith("log file:")]
+    assert log_line.split()[-1] == str(daemon.state.resolve() / "logs" / "a.log")
 
 
 @pytest.mark.timeout(60)

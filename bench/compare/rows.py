@@ -126,6 +126,9 @@ def measure_cold(tool: Tool, *, observer: Observer, figures: Figures, settings: 
         cpu = sample(supervised.pid)  # every tick since its spawn: the CPU start-up cost
         figures.add(tool.name, f"cold_{count}", (running_ns - supervised.started_ns) / 1e9)
         figures.add(tool.name, f"cold_cpu_{count}", cpu.ticks / CLOCK_TICKS_PER_SECOND)
+        # circusd sent SIGTERM while still starting its watchers may ignore it (then it is
+        # killed after a minute): let every tool finish starting before the session ends.
+        time.sleep(settings.settle_seconds)
 
 
 def measure_fleet(tool: Tool, *, observer: Observer, figures: Figures, settings: Settings,

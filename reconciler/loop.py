@@ -33,7 +33,7 @@ from reconciler.plan.actions import Action, kind
 from reconciler.plan.diff import DiffLine, diff
 from reconciler.plan.planner import Desired, Observed, Override, converged, effective_state
 from reconciler.process import Applied, CollectorProcessManager, ManagerEvent
-from reconciler.process.logs import rotate_all
+from reconciler.process.logs import any_log_over, rotate_all
 from reconciler.source import SpecSnapshot, SpecSource
 from reconciler.spec.identity import process_hash, spec_hash
 from reconciler.spec.load import collector_id_from_filename, parse_spec
@@ -271,6 +271,11 @@ class Reconciler:
         while True:
             await asyncio.sleep(interval)
             try:
+                # A stat of each log, here in the loop (no thread to wake while all
+                # are small); the copying, when one is past its limit, in a thread.
+                if not any_log_over(self.log_dir, max_bytes=self.log_max_bytes):
+                    interval = min(interval * 2, LOG_ROTATION_INTERVAL_SECONDS)
+                    continue
                 rotated = await asyncio.to_thread(
                     rotate_all,
                     self.log_dir,

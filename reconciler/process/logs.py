@@ -154,6 +154,20 @@ def _trim_to_tail(path: Path, *, max_bytes: int) -> bool:
     return True
 
 
+def any_log_over(log_dir: Path, *, max_bytes: int) -> bool:
+    """Whether some log in ``log_dir`` is past ``max_bytes``: one ``stat`` per file."""
+    try:
+        with os.scandir(log_dir) as entries:
+            for entry in entries:
+                if entry.name.endswith(LOG_SUFFIX) and not entry.name.startswith("."):
+                    with contextlib.suppress(OSError):
+                        if entry.stat(follow_symlinks=False).st_size > max_bytes:
+                            return True
+    except OSError:
+        return False
+    return False
+
+
 def rotate_all(log_dir: Path, *, max_bytes: int, backups: int) -> list[Path]:
     """Rotate every ``*.log`` directly in ``log_dir`` that needs it; the rotated ones.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.process.logs import backup_path, rotate_all, rotate_if_needed
+from reconciler.process.logs import any_log_over, backup_path, rotate_all, rotate_if_needed
 
 
 @pytest.fixture
@@ -197,3 +197,12 @@ def test_the_previous_run_gets_no_backups_and_keeps_its_newest_part(tmp_path: Pa
     assert (tmp_path / "web.previous.log").read_bytes() == b"p\n" * 1024
     assert not (tmp_path / "web.previous.log.1").exists()
     assert (tmp_path / "db.previous.log").read_bytes() == b"small\n"
+
+
+def test_any_log_over_says_whether_a_rotation_is_needed(tmp_path: Path) -> None:
+    assert not any_log_over(tmp_path / "missing", max_bytes=10)
+    (tmp_path / "a.log").write_bytes(b"x" * 10)
+    (tmp_path / "notes.txt").write_bytes(b"n" * 100)
+    assert not any_log_over(tmp_path, max_bytes=10)
+    (tmp_path / "b.log").write_bytes(b"x" * 11)
+    assert any_log_over(tmp_path, max_bytes=10)

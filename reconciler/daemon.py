@@ -261,9 +261,10 @@ class Daemon:
 
     def saved_state(self) -> SavedState:
         collectors = {}
+        applied_all = self.reconciler.applied  # built once: a dict of every record
         for collector_id in self.manager.collector_ids():
             identity = self.manager.run_identity(collector_id)
-            applied = self.reconciler.applied.get(collector_id)
+            applied = applied_all.get(collector_id)
             if identity is None or applied is None:
                 continue
             collectors[collector_id] = AdoptionRecord(

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run lint test test-only bench soak clean prometheus
+.PHONY: venv run lint test test-only bench soak clean prometheus compare scaling
 
 venv: $(STAMP)
 
@@ -39,6 +39,15 @@ bench: venv
 # The chaos soak, long: 30 minutes of random faults (make test runs 90 s of it).
 soak: venv
 	$(BIN)/python bench/soak.py --seconds 1800
+
+# Side by side with supervisord and circus (their own venv, .bench/peers-venv): every row, ~15 min.
+compare: venv
+	$(BIN)/python bench/compare_bench.py
+
+# The reconciler alone at 100 to 2,000 collectors (bench/compare/SCALING.md), and its import costs.
+scaling: venv
+	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/import_cost.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/import_cost.py [--repeat 3]``. Two tables:
 
-1. one fresh interpreter importing asyncio, psutil, pydantic, prometheus_client, watchfiles,
+1. one fresh interpreter importing asyncio, psutil, pydantic, prometheus_client, inotify_simple,
    aiohttp.web, then the reconciler's own modules (whose own cost is mostly building the
    pydantic models of ``reconciler.spec``): RSS, USS and modules loaded
    after each, and what that step added (a step's cost excludes what earlier steps loaded);
@@ -28,7 +28,7 @@ STEPS = (
     "pydantic",
     "pydantic.main",  # ``pydantic`` alone is lazy: BaseModel's machinery and pydantic_core
     "prometheus_client",
-    "watchfiles",
+    "inotify_simple",
     "aiohttp",  # the package imports its HTTP client too
     "aiohttp.web",
     "reconciler.spec",

@@ -199,6 +199,7 @@ class Scanner:
         self._lock = threading.Lock()
         self._cache: dict[str, _Read] = {}
         self._snapshot = SpecSnapshot()
+        self._last_look: tuple[str | None, dict[str, tuple[object, ...]]] | None = None
         self._watch_targets: tuple[WatchTarget, ...] = ()
 
     @property
@@ -210,9 +211,18 @@ class Scanner:
         """Directories whose events may change the next scan, as of the last scan."""
         return self._watch_targets
 
-    def scan(self) -> SpecSnapshot:
-        """Read the whole directory; publish and return a new snapshot if anything differs."""
+    def scan(self, *, quick: bool = False) -> SpecSnapshot:
+        """Read the whole directory; publish and return a new snapshot if anything differs.
+
+        ``quick``: first a ``stat`` of each name only; when every one matches the
+        last pass (and the directory's own problem is the same), nothing is read
+        and the last snapshot stands. For the periodic safety-net rescan, where
+        nearly always nothing changed: a full pass costs a ``realpath`` and
+        several ``stat`` calls per file.
+        """
         with self._lock:
+            if quick and self._last_look is not None and self._observe() == self._last_look:
+                return self._snapshot
             current = self._read_pass()
             for _attempt in range(1, _MAX_ATTEMPTS):
                 # Something moved while we read (a ConfigMap swap, a rename, a
@@ -221,6 +231,7 @@ class Scanner:
                     break
                 current = self._read_pass()
             self._watch_targets = current.watch_targets
+            self._last_look = (current.directory_problem, current.fingerprints)
             return self._publish(current)
 
     # -- reading --------------------------------------------------------------------------

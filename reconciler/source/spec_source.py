@@ -55,6 +55,9 @@ _WATCH_MASK = (
 )
 """Every change a directory entry can see; each only means "look again"."""
 
+_FULL_RESCAN_EVERY = 10
+"""Of the timed rescans, every this many reads every file in full; the others stat only."""
+
 _WATCH_RETRY_SECONDS = 1.0
 """Rescan (and retry the watch) this often while watching does not work."""
 
@@ -110,6 +113,7 @@ class SpecSource:
         watcher: _Watcher | None = None
         yielded_generation: int | None = None
         yielded_at = -math.inf
+        timed_rescans = 0
         try:
             snapshot = await asyncio.to_thread(self.scan)
             while not stop.is_set():
@@ -130,14 +134,20 @@ class SpecSource:
                 if watcher is not None and watcher.failed:
                     timeout = min(timeout, _WATCH_RETRY_SECONDS)
                 await _wait_any(wake, stop, timeout=timeout)
-                if wake.is_set():
+                woken = wake.is_set()
+                if woken:
                     # coalesce a burst: events keep arriving while we wait; one scan takes them all
                     delay = yielded_at + self._min_snapshot_interval_seconds - loop.time()
                     if delay > 0:
                         await _wait_any(stop, timeout=delay)
                 wake.clear()
                 if not stop.is_set():
-                    snapshot = await asyncio.to_thread(self.scan)
+                    # A timed rescan with nothing notified: stat only, unless it is
+                    # the turn of a full pass (what no stat shows: a permission of a
+                    # symlink target's directory).
+                    timed_rescans = 0 if woken else timed_rescans + 1
+                    quick = not woken and timed_rescans % _FULL_RESCAN_EVERY != 0
+                    snapshot = await asyncio.to_thread(self._scanner.scan, quick=quick)
         finally:
             if watcher is not None:
                 await watcher.close()

@@ -854,3 +854,31 @@ def test_a_read_only_mount_is_trusted_whatever_its_modes(tmp_path: Path) -> None
         assert "." in refused.problems and not refused.specs
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_quick_rescan_reads_nothing_when_nothing_changed_and_sees_any_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "a.toml", spec_text("--one"))
+    scanner = scan_module.Scanner(tmp_path, require_safe_permissions=False)
+    first = scanner.scan()
+    assert args_of(first, "a") == ("--one",)
+
+    reads: list[str] = []
+    real_pass = scanner._read_pass
+
+    def counting_pass() -> object:
+        reads.append("pass")
+        return real_pass()
+
+    monkeypatch.setattr(scanner, "_read_pass", counting_pass)
+    assert scanner.scan(quick=True) is first
+    assert reads == [], "nothing changed: stat only, no read pass"
+
+    write_atomically(tmp_path / "a.toml", spec_text("--two"))  # a new inode
+    assert args_of(scanner.scan(quick=True), "a") == ("--two",)
+    write(tmp_path / "b.toml", spec_text("--b"))
+    assert args_of(scanner.scan(quick=True), "b") == ("--b",)
+    (tmp_path / "b.toml").unlink()
+    assert "b" not in scanner.scan(quick=True).specs
+    assert reads == ["pass"] * 3

@@ -471,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     if prometheus is None:
         print("prometheus not found: run metrics/install-prometheus.sh", file=sys.stderr)
         return 2
-    # SIGTERM ends the demo as Ctrl-C does: through the finally blocks.
+    # Ctrl-C and SIGTERM end the demo through the finally blocks (SIGINT too when
+    # started in the background, where a shell leaves it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     root = Path(tempfile.mkdtemp(prefix="reconciler-fleet-"))
     mark = f"reconciler-fleet-demo-{uuid.uuid4().hex[:12]}"

@@ -38,7 +38,7 @@ SECRET = "e2e-secret-token-value"
 class Daemon:
     """A ``reconciler run`` on a spec directory and socket of its own."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *extra: str) -> None:
         self.specs = tmp_path / "specs"
         self.specs.mkdir()
         self.state = tmp_path / "state"
@@ -46,7 +46,7 @@ class Daemon:
         self.tag = f"{os.getpid()}-{time.monotonic_ns()}"
         self.stderr_path = tmp_path / "reconciler.stderr"
         self.process = start_daemon(
-            specs=self.specs, state=self.state, stderr_path=self.stderr_path
+            specs=self.specs, state=self.state, stderr_path=self.stderr_path, extra=extra
         )
 
     def spec(
@@ -98,10 +98,15 @@ class Daemon:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    running = Daemon(tmp_path)
+    yield from serving(Daemon(tmp_path))
+
+
+def serving(running: Daemon) -> Iterator[Daemon]:
+    """A started daemon once it answers; stopped with SIGTERM (exit 0), its collectors killed."""
     try:
         wait_for(
             lambda: running.cli("status").returncode == 0,
+            timeout=30,  # a loaded machine can take more than 10 s to start one
             message=f"the daemon answers on {running.socket}:\n{running.stderr_path.read_text()}",
         )
         yield running

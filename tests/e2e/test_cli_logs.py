@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,34 +28,23 @@ import pytest
 from reconciler.cli.logs import DEFAULT_STATE_DIR, Follower
 from reconciler.process.logs import rotate_if_needed
 from reconciler.spec.models import ReconcilerSettings
-from tests.support import MARK_ENV, RECONCILER, SESSION_MARK, pids_with_env, start_daemon, wait_for
+from tests.e2e.test_cli_client import DAEMON_ENV, serving
+from tests.e2e.test_cli_client import Daemon as ClientDaemon
+from tests.support import MARK_ENV, RECONCILER, SESSION_MARK, wait_for
 
-DAEMON_ENV = "RECONCILER_E2E_LOGS_DAEMON"
-"""Tags the collectors of one test's daemon, so that its finaliser kills only those."""
 LOG_MAX_BYTES = 2048
 
 
-class Daemon:
+class Daemon(ClientDaemon):
     """A ``reconciler run`` with small log files, on a spec and state directory of its own."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.specs = tmp_path / "specs"
-        self.specs.mkdir()
-        self.state = tmp_path / "state"
-        self.log_dir = self.state / "logs"
-        self.socket = self.state / "api.sock"
-        self.tag = f"{os.getpid()}-{time.monotonic_ns()}"
         self.config = tmp_path / "reconciler.toml"
         self.config.write_text(f"[reconciler]\nlog_max_bytes = {LOG_MAX_BYTES}\nlog_backups = 3\n")
-        self.stderr_path = tmp_path / "reconciler.stderr"
-        self.process = start_daemon(
-            specs=self.specs,
-            state=self.state,
-            stderr_path=self.stderr_path,
-            extra=("--config", str(self.config)),
-        )
+        super().__init__(tmp_path, "--config", str(self.config))
+        self.log_dir = self.state / "logs"
 
-    def spec(
+    def spec(  # type: ignore[override]
         self, collector_id: str, argv: list[str], *, log: str = "file", state: str = "running"
     ) -> None:
         env = f'{MARK_ENV} = "{SESSION_MARK}", {DAEMON_ENV} = "{self.tag}"'
@@ -66,42 +54,13 @@ class Daemon:
             f"env = {{ {env} }}\n"
         )
 
-    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [RECONCILER, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "RECONCILER_SOCKET": str(self.socket)},
-        )
-
     def logs(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.cli("logs", *args, "--state-dir", str(self.state))
-
-    def kill_everything(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        for pid in pids_with_env(DAEMON_ENV, self.tag):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    running = Daemon(tmp_path)
-    try:
-        wait_for(
-            lambda: running.cli("status").returncode == 0,
-            timeout=30,  # a loaded machine can take more than 10 s to start one
-            message=f"the daemon answers on {running.socket}:\n{running.stderr_path.read_text()}",
-        )
-        yield running
-        running.process.send_signal(signal.SIGTERM)
-        assert running.process.wait(timeout=30) == 0
-    finally:
-        running.kill_everything()
+    yield from serving(Daemon(tmp_path))
 
 
 @contextlib.contextmanager

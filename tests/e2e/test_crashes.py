@@ -4,17 +4,19 @@ dumps core, and the pruning of old records."""
 
 from __future__ import annotations
 
+# ruff: noqa: F811 - `daemon` is the fixture imported below, taken as an argument
 import json
-import os
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from reconciler.crashes import CORE_PATTERN, CrashRecorder, list_files
-from tests.e2e.test_run import Daemon
-from tests.support import MARK_ENV, RECONCILER, pids_with_env, wait_for
+from tests.e2e.test_run import (
+    Daemon,
+    daemon,  # noqa: F401 - the fixture
+)
+from tests.support import MARK_ENV, RECONCILER, wait_for
 
 
 def _crashes(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
@@ -22,23 +24,6 @@ def _crashes(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
         [RECONCILER, "crashes", *args, "--state-dir", str(daemon.state)],
         capture_output=True, text=True, timeout=30,
     )
-
-
-@pytest.fixture
-def daemon(tmp_path: Path):
-    running = Daemon(tmp_path)
-    wait_for(lambda: "watching" in running.stderr, message="daemon started")
-    try:
-        yield running
-    finally:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
-        for pid in pids_with_env(MARK_ENV, running.mark):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _spec(daemon: Daemon, script: str, extra: str = "") -> str:

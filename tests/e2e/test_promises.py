@@ -121,6 +121,24 @@ def test_an_acknowledged_pause_survives_a_sigkill_right_after(
     assert "resume (spec state is running)" not in second.stderr
 
 
+def test_an_acknowledged_restart_is_on_disk_with_its_new_pid(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    first = _start(tmp_path, daemons)
+    (first.specs / "a.toml").write_text(spec(first.mark))
+    [old] = wait_for(lambda: first.collectors(), message="running")
+    status, body = _post(first.state / "api.sock", "/api/v1/collectors/a/restart")
+    assert status == 200, body
+    new = json.loads(body)["pid"]
+    first.process.kill()  # the moment the answer is in
+    first.process.wait()
+    saved = tomllib.loads((first.state / "state.toml").read_text())
+    assert saved["collectors"]["a"]["pid"] == new != old, "acknowledged, so already on disk"
+    second = _start(tmp_path, daemons, mark=first.mark)
+    wait_for(lambda: "a: adopted running process" in second.stderr, message="adopted")
+    assert second.collectors() == [new]
+
+
 def test_resume_after_pause_leaves_no_override(tmp_path: Path, daemons: list[Daemon]) -> None:
     daemon = _start(tmp_path, daemons)
     (daemon.specs / "a.toml").write_text(spec(daemon.mark))

@@ -91,6 +91,9 @@ class CrashRecorder:
     def __init__(self, directory: Path, *, keep: int = KEEP_PER_COLLECTOR) -> None:
         self.directory = directory
         self.keep = keep
+        self._files: dict[str, list[Path]] = {}
+        """Each collector's record files, oldest first: listed once, then kept here,
+        so that a crash loop does not list the directory on every crash."""
 
     def record(
         self,
@@ -103,7 +106,8 @@ class CrashRecorder:
         core_dump: bool,
         cwd: str,
         wall_time: float | None = None,
-    ) -> Path:
+    ) -> dict[str, Any]:
+        """Write one record; it is returned with its ``file``."""
         when = time.time() if wall_time is None else wall_time
         signal_number = -exit_code if exit_code is not None and exit_code < 0 else None
         record: dict[str, Any] = {
@@ -120,18 +124,28 @@ class CrashRecorder:
                 else None
             ),
         }
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        if collector_id not in self._files:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
         path = self.directory / f"{collector_id}-{int(when * 1000):015d}.json"
         partial = path.with_name(f".{path.name}.partial")
         partial.write_text(json.dumps(record, indent=1))
         os.replace(partial, path)
+        files = self._files.get(collector_id)
+        if files is None:
+            files = self._files[collector_id] = list_files(self.directory, collector_id)
+        elif path not in files:
+            files.append(path)
         self.prune(collector_id)
-        return path
+        record["file"] = str(path)
+        return record
 
     def prune(self, collector_id: str) -> None:
-        for old in list_files(self.directory, collector_id)[: -self.keep or None]:
+        files = self._files.get(collector_id)
+        if files is None:
+            files = self._files[collector_id] = list_files(self.directory, collector_id)
+        while len(files) > self.keep:
             with contextlib.suppress(FileNotFoundError):
-                old.unlink()
+                files.pop(0).unlink()
 
 
 def _signal_name(number: int | None) -> str | None:

@@ -221,18 +221,18 @@ class Daemon:
     def _record_crash(self, event: ManagerEvent) -> None:
         """An exit the spec did not ask for: keep what it left (``reconciler crashes``)."""
         try:
-            record = self.manager.executor.get(event.collector_id)
+            collector = self.manager.executor.get(event.collector_id)
         except ProcessNotFound:
             return
-        config = record.config
+        config = collector.config
         limits = config.resource_limits
         log_path = self.log_dir / f"{event.collector_id}.log" if config.log == "file" else None
         try:
-            path = self.crashes.record(
+            crash = self.crashes.record(
                 event.collector_id,
-                exit_code=record.last_exit_code,
+                exit_code=collector.last_exit_code,
                 description=event.message,
-                run_seconds=record.exit.run_seconds if record.exit is not None else 0.0,
+                run_seconds=collector.exit.run_seconds if collector.exit is not None else 0.0,
                 log_path=log_path,
                 core_dump=limits is not None and limits.core_dump,
                 cwd=config.working_dir or os.getcwd(),
@@ -241,7 +241,7 @@ class Daemon:
         except OSError as exc:
             log.warning("%s: cannot write its crash record: %s", event.collector_id, exc)
             return
-        self._remember_crash(path)
+        self.reconciler.last_crashes[event.collector_id] = crash
 
     def _remember_crash(self, path: Path) -> None:
         try:

@@ -130,19 +130,21 @@ class CrashRecorder:
         partial = path.with_name(f".{path.name}.partial")
         partial.write_text(json.dumps(record, indent=1))
         os.replace(partial, path)
-        files = self._files.get(collector_id)
-        if files is None:
-            files = self._files[collector_id] = list_files(self.directory, collector_id)
-        elif path not in files:
+        files = self._files_of(collector_id)
+        if path not in files:
             files.append(path)
         self.prune(collector_id)
         record["file"] = str(path)
         return record
 
-    def prune(self, collector_id: str) -> None:
+    def _files_of(self, collector_id: str) -> list[Path]:
         files = self._files.get(collector_id)
         if files is None:
             files = self._files[collector_id] = list_files(self.directory, collector_id)
+        return files
+
+    def prune(self, collector_id: str) -> None:
+        files = self._files_of(collector_id)
         while len(files) > self.keep:
             with contextlib.suppress(FileNotFoundError):
                 files.pop(0).unlink()

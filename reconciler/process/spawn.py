@@ -343,7 +343,7 @@ def _await_exec(
         except ChildProcessError:
             exited = None
         if exited is not None:
-            return _exited_early(popen, chain, argv)
+            return _exited_early(popen, chain, argv, exited.si_status)
         try:
             with open(cmdline_path, "rb") as handle:
                 parts = handle.read().split(b"\0")[:-1]
@@ -361,7 +361,7 @@ STEP_PROGRAMS = frozenset({os.path.basename(SHELL), "prlimit", "setpriv"})
 
 
 def _exited_early(
-    popen: subprocess.Popen[bytes], chain: list[str], argv: list[str]
+    popen: subprocess.Popen[bytes], chain: list[str], argv: list[str], code: int
 ) -> subprocess.Popen[bytes] | None:
     """The child exited before its exec was seen: a failed step, or a quick collector.
 
@@ -381,8 +381,6 @@ def _exited_early(
     }
     if comm not in step_names:
         return popen
-    status = os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    code = status.si_status if status is not None else None
     if comm == collector and code != SETUP_FAILED_EXIT:
         return popen  # e.g. a collector that is itself /bin/sh and exited at once
     code = popen.wait()

@@ -32,6 +32,7 @@ from reconciler.errors import InvalidSpec, ProcessManagerError, ProcessNotFound
 from reconciler.plan.actions import Action, kind
 from reconciler.plan.diff import DiffLine, diff
 from reconciler.plan.planner import Desired, Observed, Override, converged, effective_state
+from reconciler.plan.rollout import Rejected
 from reconciler.process import Applied, CollectorProcessManager, ManagerEvent
 from reconciler.process.logs import any_log_over, rotate_all
 from reconciler.source import SpecSnapshot, SpecSource
@@ -88,6 +89,12 @@ class CollectorView:
     """The collector's current log file (``log = "file"``), where ``reconciler logs`` reads."""
     last_crash: Mapping[str, Any] | None = None
     """Its newest crash record (``reconciler crashes``): time, how, run length, log tail."""
+    ready: bool = False
+    """Its process ran ``min_ready_seconds`` and its ``ready_check`` (if any) passed (§4)."""
+    rejected: Rejected | None = None
+    """Its file's current content, rolled back after a failed rollout (until the file changes)."""
+    held: str | None = None
+    """Why a start or restart it needs waits: ``after`` not ready, its wave, a held rollout."""
 
     @property
     def state(self) -> CollectorState:
@@ -189,6 +196,11 @@ class Reconciler:
     @property
     def action_listeners(self) -> list[Callable[[str, str], None]]:
         return self.controller.action_listeners
+
+    @property
+    def rollout_held(self) -> bool:
+        """Waves of a push are held after a failed rollout (``reconciler_rollout_held``)."""
+        return False
 
     @property
     def applied(self) -> dict[str, Applied]:

@@ -20,9 +20,12 @@ from reconciler.metrics.families import (
     HEALTH,
     LAST_EXIT_CODE,
     MEMORY,
+    READY,
     RECONCILE_DURATION,
     RESTARTS,
+    ROLLOUT_HELD,
     SPEC_INFO,
+    SPEC_REJECTED,
     SPEC_VALID,
     SPECS,
     START_TIME,
@@ -106,7 +109,11 @@ class ReconcilerCollector(Collector):
         snapshot = reconciler.snapshot
         views = reconciler.views()
         tree_pids = reconciler.manager.all_tree_pids()
-        families = [*self._collector_families(views, tree_pids), *self._spec_families(snapshot)]
+        families = [
+            *self._collector_families(views, tree_pids),
+            *self._spec_families(snapshot),
+            *self._rollout_families(views, held=reconciler.rollout_held),
+        ]
         families.append(
             self._durations.family(RECONCILE_DURATION, "Duration of one pass of the loop.")
         )
@@ -128,7 +135,7 @@ class ReconcilerCollector(Collector):
         up, uptime, start_time = SeriesFamily(UP), SeriesFamily(UPTIME), SeriesFamily(START_TIME)
         restarts, exit_code = SeriesFamily(RESTARTS), SeriesFamily(LAST_EXIT_CODE)
         backoff, cpu, memory = SeriesFamily(BACKOFF), SeriesFamily(CPU), SeriesFamily(MEMORY)
-        applied = SeriesFamily(APPLIED_SPEC)
+        applied, ready = SeriesFamily(APPLIED_SPEC), SeriesFamily(READY)
         known = {view.collector_id for view in views}
         for gone in self._cpu.keys() - known:
             del self._cpu[gone]
@@ -161,8 +168,9 @@ class ReconcilerCollector(Collector):
             memory.add(key, rss_bytes)
             if view.applied_spec_hash is not None:
                 applied.add((cid, ctype, view.applied_spec_hash), 1)
+            ready.add(key, 1 if view.ready else 0)
         yield from (state, desired, up, health, uptime, start_time, restarts, exit_code)
-        yield from (backoff, cpu, memory, applied)
+        yield from (backoff, cpu, memory, applied, ready)
 
     def _tree_usage(self, collector_id: str, pids: Iterable[int]) -> tuple[float, int]:
         """CPU seconds (monotonic) and resident bytes of one collector's process tree."""
@@ -189,3 +197,14 @@ class ReconcilerCollector(Collector):
             valid.add((name,), 0)
         specs.add((), len(snapshot.specs))
         yield from (valid, info, specs)
+
+    def _rollout_families(self, views: list[CollectorView], *, held: bool) -> Iterator[Metric]:
+        rejected, rollout_held = SeriesFamily(SPEC_REJECTED), SeriesFamily(ROLLOUT_HELD)
+        for view in views:
+            if view.rejected is not None:
+                # The file's name as reconciler_spec_info labels it; a rejected
+                # content is valid, so its file is loaded and the name is known.
+                name = view.spec_file or f"{view.collector_id}.toml"
+                rejected.add((name, view.rejected.spec_hash), 1)
+        rollout_held.add((), 1 if held else 0)
+        yield from (rejected, rollout_held)

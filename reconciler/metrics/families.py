@@ -124,6 +124,12 @@ APPLIED_SPEC = _Family(
     documentation="1, labelled with the hash of the spec now applied.",
     labels=(*_ID, "hash"),
 )
+READY = _Family(
+    "reconciler_collector_ready",
+    kind="gauge",
+    documentation="1 while the collector is ready (ran min_ready_seconds, ready_check passed).",
+    labels=_ID,
+)
 SPEC_VALID = _Family(
     "reconciler_spec_valid",
     kind="gauge",
@@ -135,6 +141,17 @@ SPEC_INFO = _Family(
     kind="gauge",
     documentation="1, labelled with the hash of the file's last valid content.",
     labels=("file", "hash"),
+)
+SPEC_REJECTED = _Family(
+    "reconciler_spec_rejected",
+    kind="gauge",
+    documentation="1, labelled with the hash of file content rolled back after a failed rollout.",
+    labels=("file", "hash"),
+)
+ROLLOUT_HELD = _Family(
+    "reconciler_rollout_held",
+    kind="gauge",
+    documentation="1 while waves of a push are held after a failed rollout.",
 )
 SPECS = _Family("reconciler_specs", kind="gauge", documentation="Spec files loaded.")
 ACTIONS_TOTAL = _Family(

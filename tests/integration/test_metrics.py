@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -30,6 +31,7 @@ from reconciler import CollectorState
 from reconciler.errors import InvalidSpec, Io
 from reconciler.loop import Reconciler
 from reconciler.metrics import SPEC_VALID, STATE, MetricsServer, OneHotFamily, SeriesFamily
+from reconciler.plan.rollout import Rejected
 from tests.support import MARK_ENV, SESSION_MARK, eventually, marked_pids, new_reconciler
 
 STATES = {"starting", "running", "paused", "stopping", "stopped", "backoff", "failed"}
@@ -53,8 +55,11 @@ CONTRACT = {
     "reconciler_collector_cpu_seconds_total": ("counter", {"id", "type"}),
     "reconciler_collector_resident_memory_bytes": ("gauge", {"id", "type"}),
     "reconciler_collector_applied_spec_info": ("gauge", {"id", "type", "hash"}),
+    "reconciler_collector_ready": ("gauge", {"id", "type"}),
     "reconciler_spec_valid": ("gauge", {"file"}),
     "reconciler_spec_info": ("gauge", {"file", "hash"}),
+    "reconciler_spec_rejected": ("gauge", {"file", "hash"}),
+    "reconciler_rollout_held": ("gauge", set()),
     "reconciler_specs": ("gauge", set()),
     "reconciler_reconcile_duration_seconds": ("histogram", set()),
     "reconciler_actions_total": ("counter", {"action", "result"}),
@@ -63,6 +68,9 @@ CONTRACT = {
 }
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+RUNNING_IS_READY = False
+"""Whether a running collector with no ``min_ready_seconds`` and no ``ready_check`` shows
+as ready. Not yet: the views do not compute readiness; True once they do (DESIGN §4)."""
 
 
 def spec(*argv: str, env: dict[str, str] | None = None, **keys: Any) -> str:
@@ -118,6 +126,9 @@ class Scrape:
         hot = [key for key, value in values.items() if value == 1]
         assert len(hot) == 1 and all(v in (0, 1) for v in values.values()), values
         return hot[0]
+
+    def samples_named(self, name: str) -> list[Any]:
+        return [sample for sample in self.samples if sample.name == name]
 
     def ids(self) -> set[str]:
         return {sample.labels["id"] for sample in self.samples if "id" in sample.labels}
@@ -574,6 +585,78 @@ async def test_spec_hash_differs_from_applied_until_converged(harness: Harness) 
         )
     )
     assert scrape.value("reconciler_actions_total", action="kill", result="success") == 1
+
+
+# -- readiness and rollouts -----------------------------------------------------------------
+
+
+async def test_ready_rejected_and_held_follow_the_views(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The three rollout gauges read what the views and ``rollout_held`` say.
+
+    The views do not compute readiness or rejections yet, so the test makes
+    them say it; the series must follow, and go again when the views stop.
+    """
+    write(harness.specs / "a.toml", spec("/bin/sleep", "300"))
+    write(harness.specs / "b.toml", spec("/bin/sleep", "300"))
+    write(harness.specs / "c.toml", spec("/bin/sh", "-c", "exit 3", max_restarts=0))
+    scrape = await harness.until(
+        lambda s: (
+            s.value("reconciler_collector_up", id="a") == 1
+            and s.value("reconciler_collector_up", id="b") == 1
+            and s.value("reconciler_collector_state", id="c", state="failed") == 1
+        )
+    )
+    # Every known collector has the series, a failed one included.
+    ready = scrape.labelled("reconciler_collector_ready", "id")
+    assert ready == {"a": float(RUNNING_IS_READY), "b": float(RUNNING_IS_READY), "c": 0}
+    assert {s.labels["type"] for s in scrape.samples_named("reconciler_collector_ready")} == {
+        "sleeper"
+    }
+    assert "# TYPE reconciler_spec_rejected gauge" in scrape.text
+    assert scrape.samples_named("reconciler_spec_rejected") == []
+    assert scrape.value("reconciler_rollout_held") == 0
+
+    a_hash = scrape.spec_hash("a.toml")
+    assert a_hash is not None
+    real_views = harness.reconciler.views
+    rejected_at = time.time()
+
+    def views(only: Any = None) -> list[Any]:
+        result = []
+        for view in real_views(only):
+            if view.collector_id == "a":
+                view = dataclasses.replace(
+                    view, ready=True, rejected=Rejected(a_hash, "not ready in 120 s", rejected_at)
+                )
+            elif view.collector_id == "b":
+                # No file name known: the label is still the file the id comes from.
+                view = dataclasses.replace(
+                    view, spec_file=None, rejected=Rejected("0123abcd", "crashed", rejected_at)
+                )
+            result.append(view)
+        return result
+
+    monkeypatch.setattr(harness.reconciler, "views", views)
+    monkeypatch.setattr(Reconciler, "rollout_held", property(lambda self: True))
+    scrape = await harness.scrape()
+    assert scrape.labelled("reconciler_collector_ready", "id") == {"a": 1, "b": 0, "c": 0}
+    rejected = {
+        (sample.labels["file"], sample.labels["hash"]): sample.value
+        for sample in scrape.samples_named("reconciler_spec_rejected")
+    }
+    # The same hash reconciler_spec_info shows for the file's content.
+    assert rejected == {("a.toml", a_hash): 1, ("b.toml", "0123abcd"): 1}
+    assert scrape.value("reconciler_rollout_held") == 1
+    # The reason is for status and the API, not a label.
+    assert "not ready in 120 s" not in scrape.text
+
+    monkeypatch.undo()
+    scrape = await harness.scrape()
+    assert scrape.samples_named("reconciler_spec_rejected") == []
+    assert scrape.value("reconciler_rollout_held") == 0
+    assert scrape.labelled("reconciler_collector_ready", "id") == ready
 
 
 # -- process tree CPU and memory ------------------------------------------------------------

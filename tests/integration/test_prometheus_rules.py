@@ -48,6 +48,9 @@ CONTRACT_METRICS = frozenset(
         "reconciler_specs",
         "reconciler_actions_total",
         "reconciler_build_info",
+        "reconciler_collector_ready",
+        "reconciler_spec_rejected",
+        "reconciler_rollout_held",
     }
 )
 CONTRACT_HISTOGRAMS = frozenset({"reconciler_reconcile_duration_seconds"})
@@ -322,8 +325,45 @@ def test_dashboard_has_the_panels_operators_need() -> None:
         "reconciler_actions_total",
         "reconciler:spec_hash_hosts:desired",
         "reconciler:spec_hash_hosts:applied",
+        "reconciler_collector_ready",
+        "reconciler_spec_rejected",
+        "reconciler_rollout_held",
     ):
         assert needed in exprs, needed
+
+
+def test_panels_do_not_overlap() -> None:
+    """Grafana lays out gridPos as given: two panels on one cell hide each other."""
+    # Rows are 1-high bars of their own, laid out with the panels (a collapsed
+    # row would hold its panels inside it, placed only when it is expanded).
+    laid_out = [(panel["title"], panel["gridPos"]) for panel in load_dashboard()["panels"]]
+    for i, (title, a) in enumerate(laid_out):
+        assert a["w"] > 0 and a["h"] > 0 and a["x"] >= 0 and a["y"] >= 0, title
+        for other, b in laid_out[i + 1 :]:
+            apart = (
+                a["x"] + a["w"] <= b["x"]
+                or b["x"] + b["w"] <= a["x"]
+                or a["y"] + a["h"] <= b["y"]
+                or b["y"] + b["h"] <= a["y"]
+            )
+            assert apart, f"{title!r} {a} overlaps {other!r} {b}"
+
+
+def test_rollouts_row_shows_readiness_rejections_and_holds() -> None:
+    panels = load_dashboard()["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == "Rollouts")
+    end = next(
+        (i for i, p in enumerate(panels[start + 1 :], start + 1) if p["type"] == "row"),
+        len(panels),
+    )
+    exprs = {
+        panel["title"]: "\n".join(target["expr"] for target in panel["targets"])
+        for panel in panels[start + 1 : end]
+    }
+    rejected = next(expr for title, expr in exprs.items() if title == "Rejected spec contents")
+    assert "by (instance, file, hash)" in rejected, "the table names host, file and content"
+    assert any("reconciler_collector_ready" in expr for expr in exprs.values())
+    assert any("reconciler_rollout_held" in expr for expr in exprs.values())
 
 
 def test_collectors_table_puts_problems_first() -> None:

@@ -291,6 +291,8 @@ def test_every_panel_has_a_datasource_and_queries() -> None:
     assert dashboard["schemaVersion"] >= 36
     panels = list(dashboard_panels(dashboard))
     assert len({panel["id"] for panel in panels}) == len(panels), "panel ids are unique"
+    # Tests (and operators) name panels by title.
+    assert len({panel["title"] for panel in panels}) == len(panels), "panel titles are unique"
     for panel in panels:
         title = panel["title"]
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, title

@@ -338,7 +338,7 @@ class Reconciler:
             }
         return self._with_kept
 
-    def observed(self) -> dict[str, Observed]:
+    def observed(self) -> Mapping[str, Observed]:
         return self.manager.executor.observed()
 
     def _current_overrides(self) -> Mapping[str, Override]:

@@ -73,12 +73,22 @@ def _check_config(path: Path) -> tuple[str, list[str]]:
 
 
 def _check_paths(paths: list[str]) -> Iterator[tuple[str, list[str]]]:
-    """(file as shown, its problems) for every spec file the paths name."""
+    """(file as shown, its problems) for every spec file the paths name.
+
+    A directory is checked as the reconciler loads it, ``after`` across its
+    files included; a single file's ``after`` is checked against the spec
+    files beside it.
+    """
     from reconciler.spec import is_ignored_filename
 
     for path in paths:
         if not Path(path).is_dir():
-            yield path, _check_file(path)
+            problems, after = _check_file(path)
+            if after:
+                known = _ids_in(os.path.dirname(path) or ".")
+                stem = os.path.basename(path).removesuffix(SPEC_SUFFIX)
+                problems += _after_problems({stem: after}, known | {stem}, path).values()
+            yield path, problems
             continue
         try:
             names = sorted(entry.name for entry in os.scandir(path))
@@ -89,12 +99,46 @@ def _check_paths(paths: list[str]) -> Iterator[tuple[str, list[str]]]:
         spec_names = [name for name in names if not is_ignored_filename(name)]
         if not spec_names:
             print(f"{path}: no *{SPEC_SUFFIX} spec files here", file=sys.stderr)
+        checked = {}
+        afters: dict[str, tuple[str, ...]] = {}
         for name in spec_names:
             display = os.path.join(path, name)
-            yield display, _check_file(display)
+            checked[name], after = _check_file(display)
+            if not checked[name]:
+                afters[name.removesuffix(SPEC_SUFFIX)] = after
+        known = {name.removesuffix(SPEC_SUFFIX) for name in spec_names}
+        for cid, problem in _after_problems(afters, known, path).items():
+            checked[cid + SPEC_SUFFIX].append(problem)
+        for name in spec_names:
+            yield os.path.join(path, name), checked[name]
 
 
-def _check_file(path: str) -> list[str]:
+def _ids_in(directory: str) -> set[str]:
+    from reconciler.spec import is_ignored_filename
+
+    try:
+        names = [entry.name for entry in os.scandir(directory)]
+    except OSError:
+        return set()
+    return {n.removesuffix(SPEC_SUFFIX) for n in names if not is_ignored_filename(n)}
+
+
+def _after_problems(
+    afters: dict[str, tuple[str, ...]], known: set[str], shown: str
+) -> dict[str, str]:
+    """Problems of ``after`` across files, each naming the file as given (``shown``: the
+    file itself, or the directory holding them)."""
+    from reconciler.spec.order import after_problems
+
+    prefix = shown if shown.endswith(SPEC_SUFFIX) else None
+    return {
+        cid: (prefix or os.path.join(shown, cid + SPEC_SUFFIX)) + problem[problem.index(":") :]
+        for cid, problem in after_problems(afters, known=known).items()
+    }
+
+
+def _check_file(path: str) -> tuple[list[str], tuple[str, ...]]:
+    """The file's problems, and (when it is valid) its ``after``."""
     from reconciler.spec import is_ignored_filename, parse_spec
 
     name = os.path.basename(path)
@@ -103,16 +147,16 @@ def _check_file(path: str) -> list[str]:
         return [
             f"{path}: file name: not a spec file, the reconciler ignores it "
             f'(spec files are named <id>{SPEC_SUFFIX} and do not start with ".")'
-        ]
+        ], ()
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        return [f"{path}: cannot read: {exc.strerror or exc}"]
+        return [f"{path}: cannot read: {exc.strerror or exc}"], ()
     try:
-        parse_spec(data, filename=path, collector_id=name.removesuffix(SPEC_SUFFIX))
+        spec = parse_spec(data, filename=path, collector_id=name.removesuffix(SPEC_SUFFIX))
     except InvalidSpec as exc:
-        return exc.problems
-    return []
+        return list(exc.problems), ()
+    return [], spec.after
 
 
 # --- schema ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ never pairs a spec with an identity read later from a newer snapshot.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from reconciler.spec.models import CollectorSpec
 
@@ -26,6 +26,8 @@ class Start:
     """A restart the restart policy made (after a crash, a failed start or a probe)."""
     attempt: int = 0
     """Restart number in the current crash series (0 for a start that begins none)."""
+    rollout: bool = False
+    """The spec was never seen ready: a rollout, under way until the process is ready."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,10 @@ class Restart:
     spec_hash: str
     process_hash: str
     reason: str
+    rollout: bool = False
+    """As ``Start.rollout``."""
+    wave: int = 0
+    """With ``max_unavailable``: the wave it belongs to (1: now); 0 without."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +100,15 @@ class Wait:
     reason: str
     attempt: int
     """The restart the wait leads to (its number in the crash series)."""
+    backoff: bool = True
+    """A backoff delay (the collector shows ``backoff``); else only a time to look again
+    (``min_ready_seconds`` ends, a rollout's deadline)."""
+    recheck: float | None = None
+    """Look again at this earlier time too (a rollout's deadline during a backoff)."""
+
+    @property
+    def wake_at(self) -> float:
+        return self.until if self.recheck is None else min(self.until, self.recheck)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +124,72 @@ class GiveUp:
     """``max_restarts`` was reached: the reason becomes the last error."""
 
 
-Action = Start | Restart | Update | Stop | Pause | Resume | Forget | Wait | GiveUp
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The process is ready (§4): record it, and its spec as the last ready one."""
 
-FREEING_ACTIONS = (Stop, Forget, Restart)
+    collector_id: str
+    spec_hash: str
+    reason: str
+    announce: bool = True
+    """Worth an event: readiness took a probe or ``min_ready_seconds``, or ended a rollout."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    """A failed rollout: reject the new content, and run the last ready spec again."""
+
+    collector_id: str
+    spec: CollectorSpec
+    spec_hash: str
+    process_hash: str
+    rejected_hash: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutFailed:
+    """A failed rollout with nothing to roll back to (or ``rollback`` off): record it."""
+
+    collector_id: str
+    spec_hash: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """An action that must wait for other collectors: ``after``, a wave, a held rollout."""
+
+    collector_id: str
+    held: Start | Restart | Stop
+    reason: str
+    cause: str
+    """``after`` (a dependency is not ready, or a dependent not yet stopped), ``wave``
+    (``max_unavailable`` reached) or ``held`` (a failed rollout holds the waves)."""
+    wave: int = 0
+    """For ``wave``: the wave it would start in, as previewed now."""
+
+
+Action = (
+    Start
+    | Restart
+    | Update
+    | Stop
+    | Pause
+    | Resume
+    | Forget
+    | Wait
+    | GiveUp
+    | Ready
+    | Rollback
+    | RolloutFailed
+    | Hold
+)
+
+NOTES = (Wait, GiveUp, Ready, RolloutFailed)
+"""Decisions that need no effect on a process: recorded at once, not run as a task."""
+
+FREEING_ACTIONS = (Stop, Forget, Restart, Rollback)
 """Run first, and waited for before the rest of the same plan (stop before start)."""
 
 ORDER = {
@@ -124,40 +202,51 @@ ORDER = {
     Resume: 6,
     Start: 7,
     Wait: 8,
+    Ready: 2,
+    RolloutFailed: 2,
+    Rollback: 5,
+    Hold: 9,
 }
 """Stop before start: what frees resources runs first (kopf orchestration)."""
+
+
+_TEMPLATES: dict[type, str] = {
+    Start: "start {id} ({reason})",
+    Restart: "restart {id} ({reason})",
+    Stop: "stop {id} ({reason})",
+    Pause: "pause {id} ({reason})",
+    Resume: "resume {id} ({reason})",
+    Forget: "forget {id} ({reason})",
+    Wait: "wait {id} ({reason})",
+    GiveUp: "give up on {id} ({reason})",
+    Ready: "mark {id} ready ({reason})",
+    Rollback: "roll back {id} ({reason})",
+    RolloutFailed: "rollout of {id} failed ({reason})",
+}
 
 
 def describe(action: Action) -> str:
     """One line a person reads: ``restart web (spec changed: args)``."""
     cid = action.collector_id
     match action:
-        case Start(automatic=True):
+        case Start(automatic=True) | Restart(wave=0):
             return f"restart {cid} ({action.reason})"
-        case Start():
-            return f"start {cid} ({action.reason})"
         case Restart():
-            return f"restart {cid} ({action.reason})"
+            return f"restart {cid} in wave {action.wave} ({action.reason})"
         case Update():
             keys = action.reason.partition(": ")[2]
             return f"update {cid} in place ({keys or action.reason})"
-        case Stop():
-            return f"stop {cid} ({action.reason})"
-        case Pause():
-            return f"pause {cid} ({action.reason})"
-        case Resume():
-            return f"resume {cid} ({action.reason})"
-        case Forget():
-            return f"forget {cid} ({action.reason})"
-        case Wait():
-            return f"wait {cid} ({action.reason})"
-        case GiveUp():
-            return f"give up on {cid} ({action.reason})"
-    raise AssertionError(f"unknown action {action!r}")  # pragma: no cover
+        case Hold(cause="wave", held=Restart() as held):
+            return describe(replace(held, wave=action.wave))
+        case Hold():
+            return f"{describe(action.held)}; held: {action.reason}"
+    return _TEMPLATES[type(action)].format(id=cid, reason=action.reason)
 
 
 def kind(action: Action) -> str:
     """The action's name as metrics and the event record spell it (``restart``, ``stop``)."""
     if isinstance(action, Start) and action.automatic:
         return "restart"
+    if isinstance(action, RolloutFailed):
+        return "rollout_failed"
     return type(action).__name__.lower()

@@ -27,23 +27,28 @@ and §4 is here:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 
 from reconciler.plan.actions import (
     ORDER,
     Action,
     Forget,
     GiveUp,
+    Hold,
     Pause,
+    Ready,
     Restart,
     Resume,
+    Rollback,
+    RolloutFailed,
     Start,
     Stop,
     Update,
     Wait,
 )
 from reconciler.plan.policy import NoRestart, RestartAfter, RestartPolicy, decide_restart
+from reconciler.plan.rollout import Rejected, Rollout, RolloutSettings, wave_of
 from reconciler.spec.identity import PROCESS_IDENTITY_KEYS
 from reconciler.spec.models import CollectorSpec, ProcessManagerConfig
 from reconciler.state import CollectorState, DesiredState
@@ -102,6 +107,18 @@ class Observed:
     probe_detail: str = ""
     gave_up: bool = False
     """A ``GiveUp`` ended the series: down until the spec changes or an operator acts."""
+    started_at: float | None = None
+    """Clock time the current process started (``None``: no process)."""
+    ready: bool = False
+    """A ``Ready`` was recorded for the current process."""
+    ready_probe_passed: bool = False
+    """The ``ready_check`` passed once for the current process."""
+    good: Desired | None = None
+    """The last spec this collector was ready with: what a rollback goes back to."""
+    rollout: Rollout | None = None
+    """A rollout under way (or failed and not rolled back)."""
+    rejected: Rejected | None = None
+    """Content rolled back after a failed rollout: while its file says it, the good spec runs."""
 
 
 _HAS_PROCESS = frozenset({CollectorState.RUNNING, CollectorState.PAUSED, CollectorState.STARTING})
@@ -139,15 +156,25 @@ class _Case:
     identity_changed: bool
     keys: list[str]
 
+    @property
+    def new_content(self) -> bool:
+        """The spec was never seen ready: starting it is a rollout."""
+        good = self.observed.good
+        return good is None or good.spec_hash != self.desired.spec_hash
+
     def start(self, reason: str, *, automatic: bool = False, attempt: int = 0) -> Start:
         d = self.desired
+        rollout = not automatic and self.new_content
         return Start(
-            self.collector_id, d.spec, d.spec_hash, d.process_hash, reason, automatic, attempt
-        )
+            self.collector_id, d.spec, d.spec_hash, d.process_hash, reason, automatic, attempt,
+            rollout,
+        )  # fmt: skip
 
     def restart(self, reason: str) -> Restart:
         d = self.desired
-        return Restart(self.collector_id, d.spec, d.spec_hash, d.process_hash, reason)
+        return Restart(
+            self.collector_id, d.spec, d.spec_hash, d.process_hash, reason, self.new_content
+        )
 
     def update(self, reason: str) -> Update:
         d = self.desired
@@ -245,12 +272,86 @@ def _live(case: _Case, defaults: ProcessManagerConfig) -> Action | None:
     return None
 
 
+def _rolling(case: _Case) -> Rollout | None:
+    """The rollout of the desired content, while it is under way (not failed, not ready)."""
+    rollout = case.observed.rollout
+    if rollout is None or rollout.failed or rollout.spec_hash != case.desired.spec_hash:
+        return None
+    return rollout
+
+
+def _deadline(case: _Case, rollout: Rollout | None) -> float | None:
+    if rollout is None:
+        return None
+    return rollout.since + case.desired.spec.rollout_timeout_seconds
+
+
+def _rollout_failure(
+    case: _Case, rollout: Rollout, settings: RolloutSettings, now: float
+) -> Action | None:
+    """A rollout not ready by its deadline, or given up on: roll back, or record the failure."""
+    observed, spec = case.observed, case.desired.spec
+    gave_up = observed.gave_up or observed.state == CollectorState.FAILED
+    deadline = rollout.since + spec.rollout_timeout_seconds
+    if not gave_up and now < deadline:
+        return None
+    if gave_up:
+        why = f"gave up before it was ready ({observed.exit.description})" if observed.exit else (
+            "gave up before it was ready"
+        )
+    else:
+        why = f"not ready within rollout_timeout_seconds = {spec.rollout_timeout_seconds:g}"
+        if observed.exit is not None:
+            why += f" (last: {observed.exit.description})"
+    rollback = settings.rollback if spec.rollback is None else spec.rollback
+    good = observed.good
+    if rollback and good is not None and good.spec_hash != case.desired.spec_hash:
+        return Rollback(
+            case.collector_id,
+            good.spec,
+            good.spec_hash,
+            good.process_hash,
+            case.desired.spec_hash,
+            f"rollout {why}; back to the last ready spec",
+        )
+    nothing = "; no earlier ready spec to roll back to" if rollback else ""
+    return RolloutFailed(case.collector_id, case.desired.spec_hash, f"rollout {why}{nothing}")
+
+
+def _readiness(case: _Case, rollout: Rollout | None, now: float) -> Action | None:
+    """A running process not yet ready: ``Ready`` once it is, else when to look again."""
+    observed, spec = case.observed, case.desired.spec
+    if observed.state != CollectorState.RUNNING or observed.started_at is None:
+        return None
+    if observed.ready:
+        return None
+    ready_at = observed.started_at + spec.min_ready_seconds
+    probed = spec.ready_check is None or observed.ready_probe_passed
+    if probed and now >= ready_at:
+        gated = spec.ready_check is not None or spec.min_ready_seconds > 0
+        reason = "ready_check passed" if spec.ready_check is not None else "running"
+        if spec.min_ready_seconds > 0:
+            reason += f" for min_ready_seconds = {spec.min_ready_seconds:g}"
+        return Ready(
+            case.collector_id,
+            case.desired.spec_hash,
+            reason,
+            announce=gated or rollout is not None,
+        )
+    times = [t for t in (ready_at if probed else None, _deadline(case, rollout)) if t is not None]
+    if not times:
+        return None  # the ready_check's pass wakes the controller
+    waiting = "ready_check" if not probed else f"min_ready_seconds = {spec.min_ready_seconds:g}"
+    return Wait(case.collector_id, min(times), f"not ready yet: {waiting}", 0, backoff=False)
+
+
 def _plan_one(
     collector_id: str,
     desired: Desired | None,
     observed: Observed | None,
     override: Override | None,
     defaults: ProcessManagerConfig,
+    settings: RolloutSettings,
     now: float,
 ) -> Action | None:
     if desired is None:
@@ -260,8 +361,16 @@ def _plan_one(
         if want == DesiredState.STOPPED:
             return None
         return Start(
-            collector_id, desired.spec, desired.spec_hash, desired.process_hash, "new spec"
+            collector_id,
+            desired.spec,
+            desired.spec_hash,
+            desired.process_hash,
+            "new spec",
+            rollout=True,
         )
+    rejected, good = observed.rejected, observed.good
+    if rejected is not None and good is not None and rejected.spec_hash == desired.spec_hash:
+        desired = good  # not tried again until the file changes
     state = observed.state
     if state in (CollectorState.STARTING, CollectorState.STOPPING):
         return None  # an operation is under way; its end wakes the loop again
@@ -282,11 +391,152 @@ def _plan_one(
             return None
         reason = "stopped by operator" if override is not None else "spec state is stopped"
         return Stop(collector_id, reason)
+    rollout = _rolling(case)
+    if rollout is not None and not spec_changed:
+        failure = _rollout_failure(case, rollout, settings, now)
+        if failure is not None:
+            return failure
+    action = _decide(case, defaults, now)
+    if action is None:
+        return _readiness(case, rollout, now)
+    if isinstance(action, Wait) and rollout is not None:
+        return replace(action, recheck=_deadline(case, rollout))
+    return action
+
+
+def _decide(case: _Case, defaults: ProcessManagerConfig, now: float) -> Action | None:
+    """What the spec, the restart policy and the probes ask for (§2, §4)."""
+    observed, state = case.observed, case.observed.state
     if observed.exit is not None and state in (CollectorState.STOPPED, CollectorState.BACKOFF):
         return _after_exit(case, observed.exit, defaults, now)
     if state in (CollectorState.STOPPED, CollectorState.FAILED, CollectorState.BACKOFF):
         return _down(case)
     return _live(case, defaults)
+
+
+# -- what waits for other collectors: after, waves, held rollouts ---------------------
+
+
+def _is_ready(observed: Observed | None) -> bool:
+    return observed is not None and observed.ready and observed.state == CollectorState.RUNNING
+
+
+def _has_process(observed: Observed | None) -> bool:
+    return observed is not None and (
+        observed.state in _HAS_PROCESS or observed.state == CollectorState.STOPPING
+    )
+
+
+def _after_of(desired: Desired | None, observed: Observed | None) -> tuple[str, ...]:
+    if desired is not None:
+        return desired.spec.after
+    if observed is not None and observed.applied is not None:
+        return observed.applied.after
+    return ()
+
+
+def _gate(
+    actions: list[Action],
+    desired: Mapping[str, Desired],
+    observed: Mapping[str, Observed],
+    overrides: Mapping[str, Override],
+    settings: RolloutSettings,
+) -> list[Action]:
+    """Hold what must wait for others: ``after`` (starts after, stops before), then waves."""
+    stops = {a.collector_id for a in actions if isinstance(a, Stop) and not a.as_crash}
+    going = _dependents_going_down(stops, desired, observed, overrides) if stops else {}
+    result: list[Action] = []
+    restarts: list[Restart] = []
+    for action in actions:
+        cid = action.collector_id
+        if isinstance(action, Stop) and going.get(cid):
+            first = ", ".join(sorted(going[cid]))
+            result.append(Hold(cid, action, f"waiting for {first} to stop first", "after"))
+            continue
+        if (isinstance(action, Start) and not action.automatic) or isinstance(action, Restart):
+            pending = [name for name in action.spec.after if not _is_ready(observed.get(name))]
+            if pending:
+                names = ", ".join(pending)
+                verb = "is" if len(pending) == 1 else "are"
+                result.append(Hold(cid, action, f"waiting until {names} {verb} ready", "after"))
+                continue
+        if isinstance(action, Restart) and settings.max_unavailable > 0:
+            seen = observed.get(cid)
+            if seen is not None and seen.state in (CollectorState.RUNNING, CollectorState.PAUSED):
+                if _rolling_self(seen, action) is None:
+                    restarts.append(action)
+                    continue
+        result.append(action)
+    if restarts:
+        result.extend(_waves(restarts, desired, observed, settings.max_unavailable))
+    return result
+
+
+def _dependents_going_down(
+    stops: set[str],
+    desired: Mapping[str, Desired],
+    observed: Mapping[str, Observed],
+    overrides: Mapping[str, Override],
+) -> dict[str, list[str]]:
+    """For each collector being stopped: who starts after it and is on its way down too."""
+    going: dict[str, list[str]] = {}
+    for cid in desired.keys() | observed.keys():
+        d = desired.get(cid)
+        # Only a collector whose file is gone needs its observed state read here.
+        names = _after_of(d, observed.get(cid) if d is None else None)
+        after = [name for name in names if name in stops]
+        if not after:
+            continue
+        o = observed.get(cid)
+        down = d is None or effective_state(d, overrides.get(cid)) == DesiredState.STOPPED
+        if down and _has_process(o):
+            for name in after:
+                going.setdefault(name, []).append(cid)
+    return going
+
+
+def _rolling_self(observed: Observed, action: Restart) -> Rollout | None:
+    """The collector is already down for a rollout of its own: another restart costs nothing."""
+    rollout = observed.rollout
+    return rollout if rollout is not None and rollout.unavailable else None
+
+
+def _waves(
+    restarts: list[Restart],
+    desired: Mapping[str, Desired],
+    observed: Mapping[str, Observed],
+    max_unavailable: int,
+) -> list[Action]:
+    """At most ``max_unavailable`` restarts for spec changes at once; none while one failed."""
+    restarting = 0
+    failed: list[str] = []
+    for cid, seen in observed.items():
+        rollout = seen.rollout
+        if rollout is not None and rollout.unavailable and not rollout.failed:
+            restarting += 1
+        d = desired.get(cid)
+        if d is None:
+            continue
+        if rollout is not None and rollout.failed and rollout.spec_hash == d.spec_hash:
+            failed.append(cid)
+        elif seen.rejected is not None and seen.rejected.spec_hash == d.spec_hash:
+            failed.append(cid)
+    result: list[Action] = []
+    waiting = 0
+    for action in sorted(restarts, key=lambda a: a.collector_id):
+        cid = action.collector_id
+        if failed:
+            names = ", ".join(sorted(failed))
+            result.append(Hold(cid, action, f"rollout held: {names} failed", "held"))
+        elif restarting < max_unavailable:
+            restarting += 1
+            result.append(replace(action, wave=1))
+        else:
+            wave = wave_of(waiting, max_unavailable=max_unavailable, restarting=max_unavailable)
+            waiting += 1
+            reason = f"waiting for its wave (max_unavailable = {max_unavailable})"
+            result.append(Hold(cid, action, reason, "wave", wave=wave))
+    return result
 
 
 def plan(
@@ -296,33 +546,45 @@ def plan(
     *,
     overrides: Mapping[str, Override] | None = None,
     defaults: ProcessManagerConfig | None = None,
+    settings: RolloutSettings | None = None,
+    only: Collection[str] | None = None,
 ) -> list[Action]:
     """Return the actions that make ``observed`` equal ``desired``: at most one per collector.
 
     Pure: no clock, no I/O, no logging. ``now`` is the caller's clock reading
     (backoff deadlines are compared with it); ``defaults`` the
-    ``[process_manager]`` table that fills what specs leave unset. Stops come
-    before starts; ``Wait``s come last.
+    ``[process_manager]`` table that fills what specs leave unset;
+    ``settings`` the ``[reconciler]`` rollout keys. ``only``: plan these
+    collectors alone (the others are read, for ``after`` and waves, not
+    planned). Stops come before starts; ``Wait``s and ``Hold``s come last.
     """
     overrides = overrides or {}
     defaults = defaults if defaults is not None else _DEFAULTS
+    settings = settings if settings is not None else _SETTINGS
+    if only is None:
+        ids = sorted(desired.keys() | observed.keys())
+    else:
+        ids = sorted(cid for cid in only if cid in desired or cid in observed)
     actions = []
-    for collector_id in sorted(desired.keys() | observed.keys()):
+    for collector_id in ids:
         action = _plan_one(
             collector_id,
             desired.get(collector_id),
             observed.get(collector_id),
             overrides.get(collector_id),
             defaults,
+            settings,
             now,
         )
         if action is not None:
             actions.append(action)
+    actions = _gate(actions, desired, observed, overrides, settings)
     actions.sort(key=lambda action: ORDER[type(action)])
     return actions
 
 
 _DEFAULTS = ProcessManagerConfig()
+_SETTINGS = RolloutSettings()
 
 
 def converged(desired: Desired, observed: Observed | None, override: Override | None) -> bool:

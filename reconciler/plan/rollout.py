@@ -22,3 +22,35 @@ class Rejected:
     reason: str
     wall_time: float
     """When it was rejected (``time.time()``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A start or restart of spec content not yet seen ready: under way until it is ready."""
+
+    spec_hash: str
+    since: float
+    """Clock time it began."""
+    unavailable: bool
+    """A running process was stopped for it: it counts against ``max_unavailable``."""
+    failed: bool = False
+    """Not ready within ``rollout_timeout_seconds`` (or given up), and not rolled back."""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSettings:
+    """The ``[reconciler]`` keys of rollouts."""
+
+    max_unavailable: int = 0
+    """At most this many collectors restarting for spec changes at once; 0: no limit."""
+    rollback: bool = False
+    """Default of the per-spec ``rollback`` key."""
+
+
+def wave_of(position: int, *, max_unavailable: int, restarting: int) -> int:
+    """The wave (1-based) of the ``position``-th (0-based) collector waiting for one, when
+    ``restarting`` slots are taken now: a preview, as each wave starts when one is ready."""
+    free = max(0, max_unavailable - restarting)
+    if position < free:
+        return 1
+    return 2 + (position - free) // max_unavailable

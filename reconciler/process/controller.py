@@ -24,8 +24,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from reconciler.errors import ReconcilerError
-from reconciler.plan.actions import FREEING_ACTIONS, Action, GiveUp, Wait, kind
+from reconciler.plan.actions import (
+    FREEING_ACTIONS,
+    NOTES,
+    Action,
+    Hold,
+    Ready,
+    Rollback,
+    Wait,
+    kind,
+)
 from reconciler.plan.planner import Desired, Override, plan
+from reconciler.plan.rollout import RolloutSettings
 from reconciler.process.clock import Cancellable
 from reconciler.process.executor import Executor, Stale
 from reconciler.process.records import CollectorRecord
@@ -71,7 +81,11 @@ class Controller:
         self._all_dirty = True
         self._dirty: set[str] = set()
         self._waits: dict[str, float] = {}
-        """Each backing-off collector's ``Wait.until``: the timer is at the earliest."""
+        """Each waiting collector's ``Wait.wake_at``: the timer is at the earliest."""
+        self.settings = RolloutSettings()
+        """The ``[reconciler]`` rollout keys (``max_unavailable``, ``rollback``)."""
+        self.held: dict[str, Hold] = {}
+        """What waits for other collectors (``after``, waves): planned again on every pass."""
         executor.add_listener(lambda event: self.wake(event.collector_id))
 
     def drive(
@@ -91,30 +105,28 @@ class Controller:
             self._dirty.add(collector_id)
         self._wake.set()
 
-    def plan(self) -> list[Action]:
-        """What the next pass would do, without doing it."""
+    @property
+    def rollout_held(self) -> bool:
+        """Waves of a push are held after a failed rollout."""
+        return any(hold.cause == "held" for hold in self.held.values())
+
+    def plan(self, only: set[str] | None = None) -> list[Action]:
+        """What the next pass would do (for ``only`` these collectors), without doing it."""
         return plan(
             self._desired(),
             self.executor.observed(),
             self.clock.now(),
             overrides=self._overrides(),
             defaults=self.executor.config,
+            settings=self.settings,
+            only=only,
         )
 
     def plan_one(self, collector_id: str) -> Action | None:
         """The plan for one collector alone (the façade settles a failed start with it)."""
-        desired = self._desired().get(collector_id)
-        record = self.executor.records.get(collector_id)
-        if desired is None or record is None:
+        if collector_id not in self._desired() or collector_id not in self.executor.records:
             return None
-        override = self._overrides().get(collector_id)
-        actions = plan(
-            {collector_id: desired},
-            {collector_id: record.observe()},
-            self.clock.now(),
-            overrides={collector_id: override} if override is not None else None,
-            defaults=self.executor.config,
-        )
+        actions = self.plan({collector_id})
         return actions[0] if actions else None
 
     # -- the loop ----------------------------------------------------------------
@@ -137,16 +149,21 @@ class Controller:
         actions = self._plan_dirty()
         records = self.executor.records
         freeing: list[asyncio.Task[None]] = []
+        became_ready = False
         for action in actions:
             collector_id = action.collector_id
             if collector_id in self.busy:
                 continue  # re-planned from the newest state once its action ends
-            if isinstance(action, Wait | GiveUp):
+            if isinstance(action, Hold):
+                self.held[collector_id] = action
+                continue
+            if isinstance(action, NOTES):
                 record = self.executor.records.get(collector_id)
                 if record is not None and not record.lock.locked():
                     self.executor.note(action)
+                    became_ready = became_ready or isinstance(action, Ready)
                     if isinstance(action, Wait):
-                        self._waits[collector_id] = action.until
+                        self._waits[collector_id] = action.wake_at
                 continue
             after = [] if isinstance(action, FREEING_ACTIONS) else list(freeing)
             task = asyncio.create_task(
@@ -156,6 +173,10 @@ class Controller:
             self.busy[collector_id] = task
             if isinstance(action, FREEING_ACTIONS):
                 freeing.append(task)
+        if became_ready and self.held:
+            # What waits for a collector to be ready looks again.
+            self._dirty.update(self.held)
+            self._wake.set()
         self._arm_timer(min(self._waits.values(), default=None))
         self.last_pass_duration_seconds = time.perf_counter() - started
         self.passes += 1
@@ -167,18 +188,14 @@ class Controller:
         if self._all_dirty:
             self._all_dirty, self._dirty = False, set()
             self._waits.clear()
+            self.held.clear()
             return self.plan()
-        dirty, self._dirty = self._dirty, set()
+        # What is held waits on others: whatever moved may be what it waits for.
+        dirty, self._dirty = self._dirty | self.held.keys(), set()
         for collector_id in dirty:
             self._waits.pop(collector_id, None)
-        desired, overrides = self._desired(), self._overrides()
-        return plan(
-            {cid: desired[cid] for cid in dirty if cid in desired},
-            self.executor.observed(dirty),
-            self.clock.now(),
-            overrides={cid: overrides[cid] for cid in dirty if cid in overrides},
-            defaults=self.executor.config,
-        )
+            self.held.pop(collector_id, None)
+        return self.plan(dirty)
 
     def _arm_timer(self, deadline: float | None) -> None:
         if deadline == self._timer_at:
@@ -208,6 +225,7 @@ class Controller:
         self, action: Action, generation: int | None, after: list[asyncio.Task[None]]
     ) -> None:
         name, collector_id = kind(action), action.collector_id
+        counted = "restart" if isinstance(action, Rollback) else name
         result: str | None = "success"
         try:
             if after:
@@ -228,7 +246,7 @@ class Controller:
                 del self.busy[collector_id]
             if result is not None:
                 for listener in self.action_listeners:
-                    listener(name, result)
+                    listener(counted, result)
             self.wake(collector_id)
 
     def _began(self, action: Action) -> None:

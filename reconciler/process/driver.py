@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from reconciler.process.clock import Clock
-from reconciler.spec.models import CollectorConfig, HealthCheck
+from reconciler.spec.models import CollectorConfig, Probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +118,7 @@ class ProcessDriver(Protocol):
     def is_stopped(self, run: Run) -> bool:
         """Whether the run's main process is stopped by job control (for adoption)."""
 
-    async def probe(self, run: Run, check: HealthCheck, *, cwd: str | None) -> ProbeResult:
+    async def probe(self, run: Run, check: Probe, *, cwd: str | None) -> ProbeResult:
         """Run the health check once against this run."""
 
     def release(self, run: Run) -> None:

@@ -17,7 +17,8 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from reconciler.errors import (
@@ -33,14 +34,18 @@ from reconciler.plan.actions import (
     Forget,
     GiveUp,
     Pause,
+    Ready,
     Restart,
     Resume,
+    Rollback,
+    RolloutFailed,
     Start,
     Stop,
     Update,
     Wait,
 )
-from reconciler.plan.planner import Exit, Observed
+from reconciler.plan.planner import Desired, Exit, Observed
+from reconciler.plan.rollout import Rejected, Rollout
 from reconciler.process.driver import Launch, ProcessDriver, Run, RunIdentity
 from reconciler.process.events import ManagerEvent, describe_exit
 from reconciler.process.records import Applied, CollectorRecord
@@ -49,6 +54,7 @@ from reconciler.spec.models import (
     CollectorSpec,
     HealthCheck,
     ProcessManagerConfig,
+    ReadyCheck,
 )
 from reconciler.state import CollectorState, CollectorStatus, DesiredState
 
@@ -57,6 +63,29 @@ log = logging.getLogger("reconciler.process.manager")
 
 class Stale(Exception):
     """The record changed since the action was planned: plan again instead."""
+
+
+class ObservedMap(Mapping[str, Observed]):
+    """Every collector's ``Observed``, each made when first asked for (a pass reads a few)."""
+
+    def __init__(self, records: Mapping[str, CollectorRecord]) -> None:
+        self._records = records
+        self._made: dict[str, Observed] = {}
+
+    def __getitem__(self, collector_id: str) -> Observed:
+        made = self._made.get(collector_id)
+        if made is None:
+            made = self._made[collector_id] = self._records[collector_id].observe()
+        return made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, collector_id: object) -> bool:
+        return collector_id in self._records
 
 
 class Executor:
@@ -143,11 +172,9 @@ class Executor:
             self.records[collector_id] = record
         return record
 
-    def observed(self, only: set[str] | None = None) -> dict[str, Observed]:
-        records = self.records
-        if only is None:
-            return {cid: record.observe() for cid, record in records.items()}
-        return {cid: records[cid].observe() for cid in only if cid in records}
+    def observed(self) -> ObservedMap:
+        """What the planner reads: made lazily, so a pass over a few collectors costs a few."""
+        return ObservedMap(self.records)
 
     def status(self, collector_id: str) -> CollectorStatus:
         return self.get(collector_id).status(self.clock.now())
@@ -187,8 +214,10 @@ class Executor:
                 case Start() | Restart():
                     await self._start_action(action, record)
                 case Update():
-                    old_check = self._need(record).config.health_check
-                    self._reprobe_if_changed(self._apply(action), old_check)
+                    old = self._need(record).config
+                    self._reprobe_if_changed(
+                        self._apply(action), old.health_check, old.ready_check
+                    )
                 case Stop():
                     await self._stop_action(action, record)
                 case Pause() | Resume():
@@ -198,15 +227,24 @@ class Executor:
                 case Forget():
                     if record is not None:
                         self.forget_locked(record)
-                case Wait() | GiveUp():
+                case Rollback():
+                    await self._rollback(action, self._need(record))
+                case Wait() | GiveUp() | Ready() | RolloutFailed():
                     self.note(action)
 
-    def note(self, action: Wait | GiveUp) -> None:
-        """Record a decision that needs no effect: a backoff wait, or giving up."""
+    def note(self, action: Wait | GiveUp | Ready | RolloutFailed) -> None:
+        """Record a decision that needs no effect: a backoff wait, giving up, readiness."""
         record = self.records.get(action.collector_id)
-        if record is None or record.run is not None:
+        if record is None:
+            return
+        if isinstance(action, Ready | RolloutFailed):
+            self._note_rollout(record, action)
+            return
+        if record.run is not None:
             return
         if isinstance(action, Wait):
+            if not action.backoff:
+                return
             if record.state == CollectorState.BACKOFF and record.backoff_until == action.until:
                 return
             record.state = CollectorState.BACKOFF
@@ -221,7 +259,50 @@ class Executor:
             record.error(action.reason, record.last_error_code)
         self.emit(record, "stopped" if action.clean else "failed", action.reason)
 
+    def _note_rollout(self, record: CollectorRecord, action: Ready | RolloutFailed) -> None:
+        run, applied, rollout = record.run, record.applied, record.rollout
+        if isinstance(action, RolloutFailed):
+            if rollout is None or rollout.failed or rollout.spec_hash != action.spec_hash:
+                return
+            record.rollout = replace(rollout, failed=True)
+            self.emit(record, "rollout_failed", action.reason)
+            return
+        if run is None or applied is None or applied.spec_hash != action.spec_hash:
+            return
+        record.ready_run = run
+        record.good = Desired(applied.spec, applied.spec_hash, applied.process_hash)
+        ended = rollout is not None and rollout.spec_hash == action.spec_hash
+        if ended:
+            record.rollout = None
+        if action.announce or ended:
+            self.emit(record, "ready", f"ready (pid {run.pid}): {action.reason}")
+        else:
+            record.changed()
+
+    def _begin_rollout(self, action: Start | Restart, record: CollectorRecord | None) -> None:
+        """A start of content never seen ready: a rollout until it is (set before any await,
+        so the next pass already counts it against ``max_unavailable``)."""
+        if not action.rollout:
+            return
+        record = self.record_for(
+            action.collector_id, action.spec.type, self.configure(action.collector_id, action.spec)
+        )
+        unavailable = isinstance(action, Restart) and record.run is not None
+        record.rollout = Rollout(action.spec_hash, self.clock.now(), unavailable)
+
+    async def _rollback(self, action: Rollback, record: CollectorRecord) -> None:
+        record.rejected = Rejected(action.rejected_hash, action.reason, time.time())
+        record.rollout = None
+        self.emit(record, "rollback", action.reason)
+        if record.run is not None:
+            await self.stop_locked(record, graceful=True, timeout=None)
+        record = self._apply(action)
+        record.restart_count += 1
+        record.consecutive_restarts = 0
+        await self.spawn_locked(record, reason="rolled back to the last ready spec")
+
     async def _start_action(self, action: Start | Restart, record: CollectorRecord | None) -> None:
+        self._begin_rollout(action, record)
         if isinstance(action, Restart) and record is not None:
             await self.stop_locked(record, graceful=True, timeout=None)
         record = self._apply(action)
@@ -240,7 +321,7 @@ class Executor:
             raise Stale("no record")
         return record
 
-    def _apply(self, action: Start | Restart | Update) -> CollectorRecord:
+    def _apply(self, action: Start | Restart | Update | Rollback) -> CollectorRecord:
         spec = action.spec
         config = self.configure(action.collector_id, spec)
         record = self.record_for(action.collector_id, spec.type, config)
@@ -300,6 +381,7 @@ class Executor:
         self._watch(record, run)
         self.emit(record, "started", f"pid {run.pid} ({reason})", automatic=automatic)
         self.restart_probe(record, run)
+        self.restart_ready_probe(record, run)
         return run.pid
 
     async def adopt(
@@ -327,6 +409,7 @@ class Executor:
             self._watch(record, run)
             self.emit(record, "adopted", f"adopted running process (pid {run.pid})")
             self.restart_probe(record, run)
+            self.restart_ready_probe(record, run)
 
     def _watch(self, record: CollectorRecord, run: Run) -> None:
         run.exited.add_done_callback(lambda _: self._on_exit(record, run))
@@ -334,6 +417,8 @@ class Executor:
     def _on_exit(self, record: CollectorRecord, run: Run) -> None:
         if record.probe_task is not None and record.run is run:
             record.probe_task.cancel()
+        if record.ready_task is not None and record.run is run:
+            record.ready_task.cancel()
         if run.stop_requested:
             if record.run is run and record.stop_task is None:
                 # A stop that gave up (TERMINATE_FAILED) left it visible; it is gone now.
@@ -364,15 +449,19 @@ class Executor:
 
     def replace_locked(self, record: CollectorRecord, config: CollectorConfig) -> None:
         """A config whose process identity is unchanged: policy, timeouts and probe apply now."""
-        old_check = record.config.health_check
+        old_check, old_ready = record.config.health_check, record.config.ready_check
         record.config = config
         record.changed()
-        self._reprobe_if_changed(record, old_check)
+        self._reprobe_if_changed(record, old_check, old_ready)
 
-    def _reprobe_if_changed(self, record: CollectorRecord, old_check: HealthCheck | None) -> None:
+    def _reprobe_if_changed(
+        self, record: CollectorRecord, old_check: HealthCheck | None, old_ready: ReadyCheck | None
+    ) -> None:
         run = record.run
         if run is not None and record.config.health_check != old_check:
             self.restart_probe(record, run)
+        if run is not None and record.config.ready_check != old_ready and not record.ready:
+            self.restart_ready_probe(record, run)
 
     def forget_locked(self, record: CollectorRecord) -> None:
         if record.run is not None:
@@ -538,6 +627,31 @@ class Executor:
                 f"health probe failed ({record.probe_failures}/{check.failure_threshold}): "
                 f"{result.detail}",
             )
+
+    def restart_ready_probe(self, record: CollectorRecord, run: Run) -> None:
+        """Probe the ``ready_check`` of a new process until it passes once."""
+        if record.ready_task is not None:
+            record.ready_task.cancel()
+            record.ready_task = None
+        record.ready_detail = ""
+        if record.config.ready_check is not None:
+            record.ready_task = asyncio.ensure_future(self._ready_loop(record, run))
+
+    async def _ready_loop(self, record: CollectorRecord, run: Run) -> None:
+        while not run.exited.done() and record.run is run:
+            check = record.config.ready_check
+            if check is None:
+                return
+            result = await self.driver.probe(run, check, cwd=record.config.working_dir)
+            if record.run is not run:
+                return
+            if result.ok:
+                record.ready_probe_run = run
+                record.ready_detail = result.detail
+                self.emit(record, "probe", f"ready_check passed: {result.detail}")
+                return
+            record.ready_detail = result.detail
+            await self.clock.sleep(check.interval_seconds)
 
     # -- shutting down ----------------------------------------------------------
 

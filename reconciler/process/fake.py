@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from reconciler.errors import ProcessNotFound, SpawnFailed
 from reconciler.process.clock import Clock, ManualClock
 from reconciler.process.driver import Launch, ProbeResult, Run, RunIdentity
-from reconciler.spec.models import CollectorConfig, HealthCheck
+from reconciler.spec.models import CollectorConfig, Probe
 
 _JOB_CONTROL = (signals.SIGSTOP, signals.SIGCONT, 0)
 
@@ -157,7 +157,7 @@ class FakeDriver:
     def is_stopped(self, run: Run) -> bool:
         return run.pid in self._stopped
 
-    async def probe(self, run: Run, check: HealthCheck, *, cwd: str | None) -> ProbeResult:
+    async def probe(self, run: Run, check: Probe, *, cwd: str | None) -> ProbeResult:
         collector_id = self._owner.get(run.pid, "?")
         self.effects.append(f"probe {collector_id}")
         queue = self._probes.get(collector_id)

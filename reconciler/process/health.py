@@ -19,7 +19,7 @@ import aiohttp
 
 from reconciler.process.driver import ProbeResult
 from reconciler.process.exits import ExitWatcher
-from reconciler.spec.models import HealthCheck
+from reconciler.spec.models import Probe
 
 
 def _split_host_port(address: str) -> tuple[str, int]:
@@ -101,7 +101,7 @@ async def _tcp_probe(address: str, *, timeout_seconds: float) -> ProbeResult:
 
 
 async def run_probe(
-    check: HealthCheck, *, env: Mapping[str, str], cwd: str | None, watcher: ExitWatcher
+    check: Probe, *, env: Mapping[str, str], cwd: str | None, watcher: ExitWatcher
 ) -> ProbeResult:
     """Run ``check`` once and say whether it passed, and why."""
     if check.exec is not None:

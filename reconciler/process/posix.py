@@ -39,7 +39,7 @@ from reconciler.process.tree import (
     process_start_ticks,
     session_and_group,
 )
-from reconciler.spec.models import CollectorConfig, HealthCheck, ResourceLimits
+from reconciler.spec.models import CollectorConfig, Probe, ResourceLimits
 
 log = logging.getLogger("reconciler.process")
 
@@ -390,7 +390,7 @@ class PosixDriver:
 
     # -- probes -------------------------------------------------------------------
 
-    async def probe(self, run: Run, check: HealthCheck, *, cwd: str | None) -> ProbeResult:
+    async def probe(self, run: Run, check: Probe, *, cwd: str | None) -> ProbeResult:
         return await run_probe(check, env=run.env, cwd=cwd, watcher=self.watcher)
 
 

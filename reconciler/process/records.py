@@ -12,7 +12,8 @@ import asyncio
 from dataclasses import dataclass, field
 
 from reconciler.plan.health import HealthFacts, health
-from reconciler.plan.planner import Exit, Observed
+from reconciler.plan.planner import Desired, Exit, Observed
+from reconciler.plan.rollout import Rejected, Rollout
 from reconciler.process.driver import Run
 from reconciler.spec.models import CollectorConfig, CollectorSpec
 from reconciler.state import (
@@ -56,6 +57,17 @@ class CollectorRecord:
     probe_failures: int = 0
     probe_passed: bool | None = None
     probe_detail: str = ""
+    ready_task: asyncio.Task[None] | None = None
+    ready_probe_run: Run | None = None
+    """The run whose ``ready_check`` passed."""
+    ready_detail: str = ""
+    """The ready_check's last result while it has not passed."""
+    ready_run: Run | None = None
+    """The run a ``Ready`` was recorded for: the collector is ready while it is ``run``."""
+    good: Desired | None = None
+    """The last spec it was ready with (what a rollback goes back to)."""
+    rollout: Rollout | None = None
+    rejected: Rejected | None = None
     generation: int = 0
     """Bumped on every change: an action planned from an older generation is stale."""
 
@@ -78,7 +90,18 @@ class CollectorRecord:
             probe_failures=self.probe_failures,
             probe_detail=self.probe_detail,
             gave_up=self.gave_up,
+            started_at=self.run.started_at if self.run is not None else None,
+            ready=self.ready,
+            ready_probe_passed=self.run is not None and self.ready_probe_run is self.run,
+            good=self.good,
+            rollout=self.rollout,
+            rejected=self.rejected,
         )
+
+    @property
+    def ready(self) -> bool:
+        """Its current process is ready (§4)."""
+        return self.run is not None and self.ready_run is self.run
 
     def health(self) -> HealthStatus:
         """DESIGN §4, decided by ``reconciler.plan.health`` from this record's facts."""

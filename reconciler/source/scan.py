@@ -48,6 +48,7 @@ from reconciler.spec import (
     process_hash,
     spec_hash,
 )
+from reconciler.spec.order import after_problems
 
 logger = logging.getLogger(__name__)
 
@@ -468,6 +469,7 @@ class Scanner:
             )
             if entry.collector_id is not None and entry.collector_id in old.specs:
                 specs[entry.collector_id] = old.specs[entry.collector_id]
+        self._check_after(current, old, specs, problems, now=now)
         if specs == old.specs and problems == old.problems:
             return old
         new = SpecSnapshot(
@@ -478,6 +480,42 @@ class Scanner:
         _log_changes(old, new)
         self._snapshot = new
         return new
+
+
+    def _check_after(
+        self,
+        current: _Pass,
+        old: SpecSnapshot,
+        specs: dict[str, LoadedSpec],
+        problems: dict[str, SpecProblem],
+        *,
+        now: float,
+    ) -> None:
+        """A file whose ``after`` names no spec file or closes a cycle keeps its last good spec."""
+        fresh = {
+            entry.outcome.collector_id: name
+            for name, entry in current.entries.items()
+            if isinstance(entry.outcome, LoadedSpec) and entry.outcome.spec.after
+        }
+        if not fresh:
+            return
+        known = {entry.collector_id for entry in current.entries.values() if entry.collector_id}
+        # Going back to a last-known-good spec can make another problem: look until none is new.
+        while fresh:
+            found = after_problems(
+                {cid: loaded.spec.after for cid, loaded in specs.items()}, known=known
+            )
+            bad = {cid: found[cid] for cid in fresh.keys() & found.keys()}
+            if not bad:
+                return
+            for cid, message in bad.items():
+                name = fresh.pop(cid)
+                shown = _display(name) + message[message.index(":") :]
+                problems[name] = _problem(old, name, cid, (shown,), now=now)
+                if cid in old.specs:
+                    specs[cid] = old.specs[cid]
+                else:
+                    del specs[cid]
 
 
 def _problem(

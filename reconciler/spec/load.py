@@ -121,6 +121,8 @@ def parse_spec(data: bytes, *, filename: str, collector_id: str) -> CollectorSpe
             f"{filename}: id: must be {show(collector_id)}, the file name without "
             f"{SPEC_SUFFIX} (got {show(given_id)})"
         )
+    if id_ok and spec is not None and collector_id in spec.after:
+        problems.append(f"{filename}: after: {show(collector_id)} cannot start after itself")
     if problems or spec is None:
         raise InvalidSpec("; ".join(problems), problems=problems)
     return spec

@@ -56,8 +56,8 @@ class ResourceLimits(_Frozen):
     """``True``: ``RLIMIT_CORE`` unlimited, so a crash may leave a core file."""
 
 
-class HealthCheck(_Frozen):
-    """A liveness probe beyond "the process exists": exactly one of exec, http, tcp."""
+class Probe(_Frozen):
+    """A probe: exactly one of exec, http, tcp (``[health_check]``, ``[ready_check]``)."""
 
     exec: Annotated[list[str], Field(min_length=1)] | None = None
     """Probe command (no shell); it passes when it exits 0."""
@@ -65,15 +65,11 @@ class HealthCheck(_Frozen):
     """Probe URL (http:// or https://)."""
     tcp: Annotated[str, Field(pattern=r"^\[?[^\s\]]+\]?:\d{1,5}$")] | None = None
     """Probe address HOST:PORT; it passes when a connection opens."""
-    interval_seconds: PositiveFloat | None = None
-    """Default: the manager's ``health_check_interval_seconds``."""
     timeout_seconds: PositiveFloat = 5.0
     """A probe that takes longer has failed."""
-    failure_threshold: PositiveInt = 3
-    """Consecutive failures that make the collector unhealthy (restarted when auto_restart)."""
 
     @model_validator(mode="after")
-    def _exactly_one_probe(self) -> HealthCheck:
+    def _exactly_one_probe(self) -> Probe:
         given = [name for name in ("exec", "http", "tcp") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(
@@ -81,6 +77,22 @@ class HealthCheck(_Frozen):
                 + (f" (got {', '.join(given)})" if given else "")
             )
         return self
+
+
+class HealthCheck(Probe):
+    """A liveness probe beyond "the process exists": exactly one of exec, http, tcp."""
+
+    interval_seconds: PositiveFloat | None = None
+    """Default: the manager's ``health_check_interval_seconds``."""
+    failure_threshold: PositiveInt = 3
+    """Consecutive failures that make the collector unhealthy (restarted when auto_restart)."""
+
+
+class ReadyCheck(Probe):
+    """A readiness probe: run until it passes once for each new process (§4 readiness)."""
+
+    interval_seconds: PositiveFloat = 1.0
+    """Between attempts until it passes."""
 
 
 def _normalise_signal(value: str) -> str:
@@ -130,6 +142,10 @@ class CollectorConfig(_Frozen):
     """Enforced limits (cgroup where available, else rlimits)."""
     health_check: HealthCheck | None = None
     """A liveness probe: exactly one of exec, http or tcp."""
+    ready_check: ReadyCheck | None = None
+    """A readiness probe (exactly one of exec, http or tcp): the process is ready once it passed."""
+    min_ready_seconds: NonNegativeFloat = 0.0
+    """A new process is ready once it has run this long (and its ready_check passed)."""
     restart_backoff_initial_seconds: PositiveFloat | None = None
     """First delay of a crash series; doubles each crash. Default: the manager's."""
     restart_backoff_max_seconds: PositiveFloat | None = None
@@ -172,12 +188,30 @@ class CollectorSpec(CollectorConfig):
     """Desired state."""
     id: CollectorId | None = None
     """Optional; must equal the file name without ``.toml`` (the file name is the id)."""
+    after: tuple[CollectorId, ...] = ()
+    """Start only once these collectors are ready; stop before them."""
+    rollout_timeout_seconds: PositiveFloat = 120.0
+    """A start for a spec change not ready within this is a failed rollout."""
+    rollback: bool | None = None
+    """On a failed rollout, run the last ready spec again. Default: the manager config's."""
+
+    @field_validator("after")
+    @classmethod
+    def _after_once_each(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({item for item in value if value.count(item) > 1})
+        if repeated:
+            raise ValueError(f"names {', '.join(repeated)} more than once")
+        return value
 
     def collector_config(self) -> CollectorConfig:
         """The part of the spec the process manager needs."""
         return CollectorConfig.model_validate(
-            self.model_dump(exclude={"type", "state", "id"}, exclude_unset=True)
+            self.model_dump(exclude=set(SPEC_ONLY_KEYS), exclude_unset=True)
         )
+
+
+SPEC_ONLY_KEYS = frozenset({"type", "state", "id", "after", "rollout_timeout_seconds", "rollback"})
+"""Keys of a spec file that are the reconcile loop's, not the process manager's."""
 
 
 class ProcessManagerConfig(_Frozen):
@@ -206,6 +240,10 @@ class ReconcilerSettings(_Frozen):
     control_group: Annotated[str, Field(min_length=1)] | None = None
     """Members of this group may use the control API (socket 0660 for it); else root and
     the daemon's own user only (0600)."""
+    max_unavailable: NonNegativeInt = 0
+    """At most this many collectors restarting for spec changes at once (0: no limit)."""
+    rollback: bool = False
+    """Default of the per-spec ``rollback`` key."""
 
 
 class ManagerConfigFile(_Frozen):

@@ -681,6 +681,11 @@ NOT_IDENTITY_KEYS = {
     "restart_backoff_initial_seconds",
     "restart_backoff_max_seconds",
     "restart_reset_seconds",
+    "ready_check",
+    "min_ready_seconds",
+    "after",
+    "rollout_timeout_seconds",
+    "rollback",
 }
 
 

@@ -277,7 +277,7 @@ def _rolling(case: _Case) -> Rollout | None:
     rollout = case.observed.rollout
     if rollout is None or rollout.failed or rollout.spec_hash != case.desired.spec_hash:
         return None
-    return rollout
+    return None if case.observed.ready else rollout
 
 
 def _deadline(case: _Case, rollout: Rollout | None) -> float | None:
@@ -296,8 +296,10 @@ def _rollout_failure(
     if not gave_up and now < deadline:
         return None
     if gave_up:
-        why = f"gave up before it was ready ({observed.exit.description})" if observed.exit else (
-            "gave up before it was ready"
+        why = (
+            f"gave up before it was ready ({observed.exit.description})"
+            if observed.exit
+            else ("gave up before it was ready")
         )
     else:
         why = f"not ready within rollout_timeout_seconds = {spec.rollout_timeout_seconds:g}"

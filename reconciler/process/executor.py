@@ -215,9 +215,7 @@ class Executor:
                     await self._start_action(action, record)
                 case Update():
                     old = self._need(record).config
-                    self._reprobe_if_changed(
-                        self._apply(action), old.health_check, old.ready_check
-                    )
+                    self._reprobe_if_changed(self._apply(action), old.health_check, old.ready_check)
                 case Stop():
                     await self._stop_action(action, record)
                 case Pause() | Resume():

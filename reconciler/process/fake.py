@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from reconciler.errors import ProcessNotFound, SpawnFailed
 from reconciler.process.clock import Clock, ManualClock
 from reconciler.process.driver import Launch, ProbeResult, Run, RunIdentity
-from reconciler.spec.models import CollectorConfig, Probe
+from reconciler.spec.models import CollectorConfig, Probe, ReadyCheck
 
 _JOB_CONTROL = (signals.SIGSTOP, signals.SIGCONT, 0)
 
@@ -50,6 +50,8 @@ class FakeDriver:
         self._stopped: set[int] = set()
         self._spawn_failures: dict[str, deque[str]] = {}
         self._probes: dict[str, deque[ProbeResult]] = {}
+        self._ready_probes: dict[str, deque[ProbeResult]] = {}
+        self._ready_then: dict[str, bool] = {}
         self._ignores_stop: set[str] = set()
         self._next_pid = 40000
 
@@ -73,6 +75,14 @@ class FakeDriver:
         queue.extend(
             ProbeResult(ok, "fake probe " + ("passes" if ok else "fails")) for ok in results
         )
+
+    def ready_results(self, collector_id: str, *results: bool, then: bool = True) -> None:
+        """What the collector's ``ready_check`` answers, in order; ``then`` once they run out."""
+        queue = self._ready_probes.setdefault(collector_id, deque())
+        queue.extend(
+            ProbeResult(ok, "fake ready_check " + ("passes" if ok else "fails")) for ok in results
+        )
+        self._ready_then[collector_id] = then
 
     def ignore_stop_signal(self, collector_id: str) -> None:
         self._ignores_stop.add(collector_id)
@@ -159,6 +169,13 @@ class FakeDriver:
 
     async def probe(self, run: Run, check: Probe, *, cwd: str | None) -> ProbeResult:
         collector_id = self._owner.get(run.pid, "?")
+        if isinstance(check, ReadyCheck):
+            self.effects.append(f"ready_check {collector_id}")
+            ready = self._ready_probes.get(collector_id)
+            if ready:
+                return ready.popleft()
+            then = self._ready_then.get(collector_id, True)
+            return ProbeResult(then, "fake ready_check " + ("passes" if then else "fails"))
         self.effects.append(f"probe {collector_id}")
         queue = self._probes.get(collector_id)
         if queue:

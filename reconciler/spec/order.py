@@ -14,9 +14,7 @@ from reconciler.spec.load import SPEC_SUFFIX
 from reconciler.spec.messages import show
 
 
-def after_problems(
-    after: Mapping[str, Sequence[str]], *, known: Collection[str]
-) -> dict[str, str]:
+def after_problems(after: Mapping[str, Sequence[str]], *, known: Collection[str]) -> dict[str, str]:
     """Collector id -> the problem of its ``after``: unknown ids, or a cycle it is on.
 
     ``after`` maps each valid spec's id to its ``after`` list; ``known`` is
@@ -27,9 +25,8 @@ def after_problems(
     for cid, names in sorted(after.items()):
         missing = [name for name in names if name not in known]
         if missing:
-            problems[cid] = (
-                f"{cid}{SPEC_SUFFIX}: after: no spec file for "
-                + ", ".join(show(name) for name in missing)
+            problems[cid] = f"{cid}{SPEC_SUFFIX}: after: no spec file for " + ", ".join(
+                show(name) for name in missing
             )
     for cycle in _cycles(after):
         path = " -> ".join((*cycle, cycle[0]))

@@ -29,6 +29,7 @@ from reconciler.errors import InvalidSpec, ProcessNotFound, ReconcilerError
 from reconciler.loop import Applied, Reconciler, resolve_spec_paths, run_until
 from reconciler.metrics import MetricsServer
 from reconciler.notify import sd_notify
+from reconciler.plan.rollout import RolloutSettings
 from reconciler.process import CollectorProcessManager, ManagerEvent
 from reconciler.source import SpecSource
 from reconciler.spec.load import parse_manager_config
@@ -124,6 +125,10 @@ def load_config(options: RunOptions) -> ManagerConfigFile:
     return config
 
 
+def _rollout_settings(settings: ReconcilerSettings) -> RolloutSettings:
+    return RolloutSettings(max_unavailable=settings.max_unavailable, rollback=settings.rollback)
+
+
 class Daemon:
     """One running reconciler: what ``reconciler run`` starts and stops."""
 
@@ -154,6 +159,7 @@ class Daemon:
             # An operator action is answered only once it is on disk (fsync'd).
             on_overrides_changed=lambda _: self._save_state(),
             persist=self._save_state,
+            rollout=_rollout_settings(settings),
         )
         self.stop_requested = asyncio.Event()
         self._save_handle: asyncio.TimerHandle | None = None
@@ -194,6 +200,7 @@ class Daemon:
         self.manager.update_config(fresh.process_manager)
         self.reconciler.log_max_bytes = new.log_max_bytes
         self.reconciler.log_backups = new.log_backups
+        self.reconciler.rollout = _rollout_settings(new)
         self.config = fresh.model_copy(
             update={
                 "reconciler": new.model_copy(

@@ -32,9 +32,10 @@ from reconciler.errors import InvalidSpec, ProcessManagerError, ProcessNotFound
 from reconciler.plan.actions import Action, kind
 from reconciler.plan.diff import DiffLine, diff
 from reconciler.plan.planner import Desired, Observed, Override, converged, effective_state
-from reconciler.plan.rollout import Rejected
+from reconciler.plan.rollout import Rejected, RolloutSettings
 from reconciler.process import Applied, CollectorProcessManager, ManagerEvent
 from reconciler.process.logs import any_log_over, rotate_all
+from reconciler.process.records import CollectorRecord
 from reconciler.source import SpecSnapshot, SpecSource
 from reconciler.spec.identity import process_hash, spec_hash
 from reconciler.spec.load import collector_id_from_filename, parse_spec
@@ -149,6 +150,7 @@ class Reconciler:
         overrides: dict[str, Override] | None = None,
         on_overrides_changed: Callable[[dict[str, Override]], None] | None = None,
         persist: Callable[[], None] | None = None,
+        rollout: RolloutSettings | None = None,
     ) -> None:
         self.source = source
         self.manager = manager
@@ -176,6 +178,8 @@ class Reconciler:
         specs_dir = source.specs_dir
         manager.executor.configure = lambda _id, spec: resolve_spec_paths(spec, specs_dir)
         self.controller.drive(desired=self.desired, overrides=self._current_overrides)
+        if rollout is not None:
+            self.controller.settings = rollout
         self.controller.begin_listeners.append(self._on_action_begin)
         manager.add_listener(self._on_manager_event)
 
@@ -198,9 +202,20 @@ class Reconciler:
         return self.controller.action_listeners
 
     @property
+    def rollout(self) -> RolloutSettings:
+        """The ``[reconciler]`` rollout keys; set anew on a config reload."""
+        return self.controller.settings
+
+    @rollout.setter
+    def rollout(self, settings: RolloutSettings) -> None:
+        if settings != self.controller.settings:
+            self.controller.settings = settings
+            self.wake()
+
+    @property
     def rollout_held(self) -> bool:
         """Waves of a push are held after a failed rollout (``reconciler_rollout_held``)."""
-        return False
+        return self.controller.rollout_held
 
     @property
     def applied(self) -> dict[str, Applied]:
@@ -317,6 +332,7 @@ class Reconciler:
         if self._desired_for is not snapshot:
             self._desired = desired_from(snapshot)
             self._desired_for = snapshot
+            self._expire_rejections()
         if not snapshot.problems:
             return self._desired
         records = self.manager.executor.records
@@ -337,6 +353,18 @@ class Reconciler:
                 **{cid: Desired(a.spec, a.spec_hash, a.process_hash) for cid, a in kept.items()},
             }
         return self._with_kept
+
+    def _expire_rejections(self) -> None:
+        """A rejection ends when its file changes (or goes): that content may be tried again."""
+        for collector_id, record in self.manager.executor.records.items():
+            rejected = record.rejected
+            if rejected is None:
+                continue
+            loaded = self.snapshot.specs.get(collector_id)
+            if loaded is None or loaded.spec_hash != rejected.spec_hash:
+                record.rejected = None
+                record.changed()
+                self.record(collector_id, "rollback", "rejection ended: the spec file changed")
 
     def observed(self) -> Mapping[str, Observed]:
         return self.manager.executor.observed()
@@ -386,6 +414,7 @@ class Reconciler:
             self.controller.clock.now(),
             overrides=self.overrides,
             defaults=self.manager.config,
+            settings=self.controller.settings,
         )
 
     # -- operator actions (control API) -------------------------------------------
@@ -466,6 +495,7 @@ class Reconciler:
             known &= set(only)
         desired_all, observed_all = self.desired(), self.observed()
         applied_all = self.applied
+        records, held = self.manager.executor.records, self.controller.held
         result = []
         for collector_id in sorted(known):
             loaded = snapshot.specs.get(collector_id)
@@ -498,9 +528,19 @@ class Reconciler:
                     ),
                     log_file=self._log_file(collector_id, loaded.spec if loaded else None),
                     last_crash=self.last_crashes.get(collector_id),
+                    ready=(record := records.get(collector_id)) is not None and record.ready,
+                    rejected=_rejected(record, loaded.spec_hash if loaded else None),
+                    held=hold.reason if (hold := held.get(collector_id)) is not None else None,
                 )
             )
         return result
+
+
+def _rejected(record: CollectorRecord | None, file_hash: str | None) -> Rejected | None:
+    """The record's rejection, while the file still says that content."""
+    if record is None or record.rejected is None or record.rejected.spec_hash != file_hash:
+        return None
+    return record.rejected
 
 
 async def run_until(

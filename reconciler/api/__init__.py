@@ -2,7 +2,7 @@
 
 Routes::
 
-    GET  /api/v1/collectors[?rescan=true]   {"collectors": [collector...], "ready": bool}
+    GET  /api/v1/collectors[?rescan=true]   {"collectors": [...], "ready": b, "rollout_held": b}
     GET  /api/v1/collectors/{id}            collector
     POST /api/v1/collectors/{id}/restart    {"pid": new pid, **collector}
     POST /api/v1/collectors/{id}/pause      collector, once paused

@@ -103,6 +103,7 @@ async def list_collectors(request: web.Request) -> web.Response:
         {
             "collectors": [view_to_json(view) for view in reconciler.views()],
             "ready": reconciler.ready.is_set(),
+            "rollout_held": reconciler.rollout_held,
         }
     )
 

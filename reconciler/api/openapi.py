@@ -157,6 +157,26 @@ _COLLECTOR: dict[str, Any] = {
             "file": {"type": "string"},
         },
     },
+    "ready": {
+        "type": "boolean",
+        "description": "Its process ran min_ready_seconds and its ready_check passed.",
+    },
+    "rejected": {
+        "type": ["object", "null"],
+        "description": "Its file's content, rolled back after a failed rollout: not tried "
+        "again until the file changes.",
+        "required": ["hash", "reason", "time"],
+        "additionalProperties": False,
+        "properties": {
+            "hash": {"type": "string"},
+            "reason": {"type": "string"},
+            "time": {"type": "number"},
+        },
+    },
+    "held": {
+        **_NULLABLE_STRING,
+        "description": "Why a start or restart it needs waits: after, its wave, a held rollout.",
+    },
 }
 """Every key of ``view_to_json``: each is always there."""
 
@@ -209,13 +229,22 @@ COMPONENTS: dict[str, Any] = {
     },
     "DiffLine": {
         "type": "object",
-        "required": ["id", "action", "reason", "line", "difference"],
+        "required": ["id", "action", "reason", "line", "difference", "wave", "held"],
         "properties": {
             "id": {"type": "string"},
             "action": {"type": "string"},
             "reason": {"type": "string"},
             "line": {"type": "string"},
             "difference": {"type": "boolean"},
+            "wave": {
+                "type": "integer",
+                "description": "With max_unavailable: the wave of a restart (1: at once); 0 "
+                "without.",
+            },
+            "held": {
+                **_NULLABLE_STRING,
+                "description": "Why it would wait for other collectors (after, a held rollout).",
+            },
         },
     },
 }
@@ -310,9 +339,11 @@ def document(version: str) -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": _object(
-                            "the collectors, and whether the first reconcile is done",
+                            "the collectors, whether the first reconcile is done, and "
+                            "whether waves of a push are held after a failed rollout",
                             collectors={"type": "array", "items": _ref("Collector")},
                             ready={"type": "boolean"},
+                            rollout_held={"type": "boolean"},
                         ),
                         **_errors(),
                     },

@@ -24,9 +24,10 @@ def spec_to_json(spec: CollectorSpec) -> dict[str, Any]:
     """The spec as JSON, less its secrets: env values (keys only) and URL passwords."""
     data = spec.model_dump(mode="json", exclude={"env"})
     data["env_keys"] = sorted(spec.env)
-    health = data.get("health_check")
-    if isinstance(health, dict) and isinstance(health.get("http"), str):
-        health["http"] = _without_password(health["http"])
+    for probe in ("health_check", "ready_check"):
+        check = data.get(probe)
+        if isinstance(check, dict) and isinstance(check.get("http"), str):
+            check["http"] = _without_password(check["http"])
     return data
 
 
@@ -76,6 +77,17 @@ def view_to_json(view: CollectorView) -> dict[str, Any]:
         "spec": spec_to_json(view.spec) if view.spec is not None else None,
         "log_file": view.log_file,
         "last_crash": dict(view.last_crash) if view.last_crash is not None else None,
+        "ready": view.ready,
+        "rejected": (
+            {
+                "hash": view.rejected.spec_hash,
+                "reason": view.rejected.reason,
+                "time": view.rejected.wall_time,
+            }
+            if view.rejected is not None
+            else None
+        ),
+        "held": view.held,
     }
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.plan.actions import Wait, describe, kind
+from reconciler.plan.actions import Hold, Ready, Restart, RolloutFailed, Wait, describe, kind
 from reconciler.plan.planner import Desired, Observed, Override, plan
+from reconciler.plan.rollout import RolloutSettings
 from reconciler.spec.models import ProcessManagerConfig
 from reconciler.state import CollectorState, DesiredState
 
@@ -30,6 +31,10 @@ class DiffLine:
     line: str
     difference: bool
     """Whether applying the files changes this collector (``wait`` and ``keep`` do not)."""
+    wave: int = 0
+    """With ``max_unavailable``: the wave of a restart (1: at once); 0 without."""
+    held: str | None = None
+    """Why it would wait for other collectors (``after``, a held rollout)."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -38,6 +43,8 @@ class DiffLine:
             "reason": self.reason,
             "line": self.line,
             "difference": self.difference,
+            "wave": self.wave,
+            "held": self.held,
         }
 
 
@@ -51,19 +58,41 @@ def diff(
     *,
     overrides: Mapping[str, Override] | None = None,
     defaults: ProcessManagerConfig | None = None,
+    settings: RolloutSettings | None = None,
 ) -> list[DiffLine]:
-    """One line per collector the files would change, plus ``keep`` for failed ones left alone."""
+    """One line per collector the files would change, plus ``keep`` for failed ones left alone.
+
+    With ``max_unavailable`` a restart says its wave (``restart web in wave 2 (...)``).
+    """
     lines = []
     acted = set()
-    for action in plan(desired, observed, now, overrides=overrides, defaults=defaults):
+    for action in plan(
+        desired, observed, now, overrides=overrides, defaults=defaults, settings=settings
+    ):
         acted.add(action.collector_id)
+        if isinstance(action, Hold):
+            held = action.held
+            wave = action.wave
+            lines.append(
+                DiffLine(
+                    action.collector_id,
+                    kind(held),
+                    held.reason,
+                    describe(action),
+                    difference=True,
+                    wave=wave,
+                    held=None if action.cause == "wave" else action.reason,
+                )
+            )
+            continue
         lines.append(
             DiffLine(
                 action.collector_id,
                 kind(action),
                 action.reason,
                 describe(action),
-                difference=not isinstance(action, Wait),
+                difference=not isinstance(action, Wait | Ready | RolloutFailed),
+                wave=action.wave if isinstance(action, Restart) else 0,
             )
         )
     for collector_id, seen in observed.items():
@@ -87,6 +116,8 @@ def observed_from(applied: Mapping[str, Desired]) -> dict[str, Observed]:
             applied=d.spec,
             applied_spec_hash=d.spec_hash,
             applied_process_hash=d.process_hash,
+            ready=d.spec.state != DesiredState.STOPPED,
+            good=d,
         )
         for collector_id, d in applied.items()
     }

@@ -37,6 +37,7 @@ from reconciler.spec.models import (
     CollectorSpec,
     ProcessManagerConfig,
 )
+from reconciler.spec.order import after_problems, dependents
 from reconciler.state import CollectorState, CollectorStatus, DesiredState, HealthStatus
 
 
@@ -324,6 +325,32 @@ class CollectorProcessManager:
         """``tree_pids`` of every collector with a process, in one sweep."""
         return self.driver.all_tree_pids(self.executor.runs())
 
+    async def _stop_in_order(self, ids: list[str]) -> list[object]:
+        """Stop every collector, each once those that start after it (``after``) are down;
+        the others concurrently."""
+        records = self.executor.records
+        after = {
+            cid: [name for name in applied.spec.after if name in records]
+            for cid in ids
+            if (applied := records[cid].applied) is not None
+        }
+        # Specs are checked for cycles as they load, but what runs may predate a check:
+        # a collector on a cycle waits for nobody, so a stop can never wait for itself.
+        for cid in after_problems(after, known=records):
+            after[cid] = []
+        first = dependents(after)
+        stops: dict[str, asyncio.Task[int | None]] = {}
+
+        async def stop(collector_id: str) -> int | None:
+            waiting = [stops[cid] for cid in first.get(collector_id, ()) if cid in stops]
+            if waiting:
+                await asyncio.wait(waiting)
+            return await self.stop_collector(collector_id)
+
+        for cid in ids:
+            stops[cid] = asyncio.ensure_future(stop(cid))
+        return list(await asyncio.gather(*stops.values(), return_exceptions=True))
+
     async def shutdown_all(self) -> None:
         """Stop every collector concurrently and release the manager's resources.
 
@@ -341,10 +368,7 @@ class CollectorProcessManager:
             record.backoff_until = None
             if record.state == CollectorState.BACKOFF:
                 record.state = CollectorState.STOPPED
-        results = await asyncio.gather(
-            *(self.stop_collector(cid) for cid in list(executor.records)),
-            return_exceptions=True,
-        )
+        results = await self._stop_in_order(list(executor.records))
         await executor.cancel_tasks()
         await self.driver.close()
         executor.closing = False

@@ -96,6 +96,8 @@ class CollectorView:
     """Its file's current content, rolled back after a failed rollout (until the file changes)."""
     held: str | None = None
     """Why a start or restart it needs waits: ``after`` not ready, its wave, a held rollout."""
+    held_cause: str | None = None
+    """``after``, ``wave`` or ``held`` (a failed rollout holds the waves)."""
 
     @property
     def state(self) -> CollectorState:
@@ -531,6 +533,7 @@ class Reconciler:
                     ready=(record := records.get(collector_id)) is not None and record.ready,
                     rejected=_rejected(record, loaded.spec_hash if loaded else None),
                     held=hold.reason if (hold := held.get(collector_id)) is not None else None,
+                    held_cause=hold.cause if hold is not None else None,
                 )
             )
         return result

@@ -174,8 +174,16 @@ _COLLECTOR: dict[str, Any] = {
         },
     },
     "held": {
-        **_NULLABLE_STRING,
-        "description": "Why a start or restart it needs waits: after, its wave, a held rollout.",
+        "type": ["object", "null"],
+        "description": "A start or restart it needs waits: for after (a dependency not ready, "
+        "a dependent not yet stopped), its wave (max_unavailable), or a failed rollout that "
+        "holds the waves.",
+        "required": ["cause", "reason"],
+        "additionalProperties": False,
+        "properties": {
+            "cause": {"type": "string", "enum": ["after", "wave", "held"]},
+            "reason": {"type": "string"},
+        },
     },
 }
 """Every key of ``view_to_json``: each is always there."""

@@ -87,7 +87,9 @@ def view_to_json(view: CollectorView) -> dict[str, Any]:
             if view.rejected is not None
             else None
         ),
-        "held": view.held,
+        "held": (
+            {"cause": view.held_cause, "reason": view.held} if view.held is not None else None
+        ),
     }
 
 

@@ -76,6 +76,8 @@ def _attention(collector: dict[str, Any]) -> int:
         return 0
     if collector["state"] == "backoff" or collector["consecutive_restarts"] > 0:
         return 1
+    if collector.get("rejected") or (collector.get("held") or {}).get("cause") == "held":
+        return 1
     if collector["spec_error"] or collector["health"] == "unhealthy":
         return 2
     return 3
@@ -91,6 +93,9 @@ def _status_row(collector: dict[str, Any]) -> list[str]:
         error = f"{collector['last_error_code']}: {error}"
     elif collector["spec_error"]:
         error = f"INVALID_SPEC: {error}"
+    rollout = _rollout_text(collector)
+    if rollout:
+        error = f"{rollout}; {error}" if error else rollout
     return [
         collector["id"],
         collector["type"] or "-",
@@ -102,6 +107,16 @@ def _status_row(collector: dict[str, Any]) -> list[str]:
         str(collector["restart_count"]),
         one_line(error),
     ]
+
+
+def _rollout_text(collector: dict[str, Any]) -> str:
+    """What a rollout says of the collector: its content rejected, or what it waits for."""
+    rejected, held = collector.get("rejected"), collector.get("held")
+    if rejected:
+        return f"rejected {rejected['hash']}: {rejected['reason']}"
+    if held:
+        return f"held: {held['reason']}"
+    return ""
 
 
 def format_status_table(collectors: list[dict[str, Any]], *, width: int = 120) -> str:
@@ -160,7 +175,7 @@ def format_status_detail(collector: dict[str, Any], events: list[dict[str, Any]]
         facts.append(("next restart", f"in {collector['backoff_seconds']:.1f} s"))
     if collector["probe_failures"]:
         facts.append(("probe failures", str(collector["probe_failures"])))
-    facts.append(("converged", "yes" if collector["converged"] else "no"))
+    facts.extend(_rollout_facts(collector))
     facts.append(("spec file", collector["spec_file"] or "-"))
     if collector["spec_error"]:
         facts.append(("spec error", one_line(collector["spec_error"])))
@@ -181,6 +196,25 @@ def format_status_detail(collector: dict[str, Any], events: list[dict[str, Any]]
         lines.append("recent events:")
         lines.extend(f"  {_event_line(event)}" for event in events)
     return "\n".join(lines)
+
+
+def _rollout_facts(collector: dict[str, Any]) -> list[tuple[str, str]]:
+    facts = []
+    if collector["pid"] is not None:
+        facts.append(("ready", "yes" if collector.get("ready") else "no"))
+    facts.append(("converged", "yes" if collector["converged"] else "no"))
+    rejected, held = collector.get("rejected"), collector.get("held")
+    if rejected:
+        facts.append(
+            (
+                "rejected",
+                f"{rejected['hash']} at {utc(rejected['time'])}: {one_line(rejected['reason'])} "
+                "(runs its last ready spec until the file changes)",
+            )
+        )
+    if held:
+        facts.append(("held", one_line(held["reason"])))
+    return facts
 
 
 def _log_and_crash_facts(collector: dict[str, Any]) -> list[tuple[str, str]]:

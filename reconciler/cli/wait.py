@@ -60,7 +60,9 @@ def wait_verdict(data: dict[str, Any], ids: list[str]) -> WaitVerdict:
 
     Failed: ``failed`` on its current, valid spec — as ``kubectl rollout
     status`` gives up on a failed rollout, since only a spec change or an
-    operator's restart can bring it back. A spec error is pending (fixing the
+    operator's restart can bring it back; and a rollout that failed: the file's
+    content rolled back (``rejected``), or a restart held because another
+    collector's rollout failed. A spec error is pending (fixing the
     file resolves it), and so is a named id not seen yet (its file may not
     have been picked up).
     """
@@ -78,7 +80,15 @@ def wait_verdict(data: dict[str, Any], ids: list[str]) -> WaitVerdict:
         if collector["converged"] and not collector["spec_error"]:
             converged += 1
             continue
-        if collector["spec_error"]:
+        rejected, held = collector.get("rejected"), collector.get("held")
+        if rejected:
+            failed.append(
+                f"{name}: rejected: its spec file's content was rolled back "
+                f"({one_line(rejected['reason'])}); fix or revert the file"
+            )
+        elif held and held["cause"] == "held":
+            failed.append(f"{name}: held: {one_line(held['reason'])}")
+        elif collector["spec_error"]:
             pending.append(f"{name}: spec error: {one_line(collector['spec_error'])}")
         elif (
             collector["state"] == "failed"
@@ -89,7 +99,9 @@ def wait_verdict(data: dict[str, Any], ids: list[str]) -> WaitVerdict:
             failed.append(f"{name}: failed on its current spec: {reason}")
         else:
             line = f"{name}: {collector['state']}, desired {collector['desired']}"
-            if collector["last_error"]:
+            if held:
+                line += f" ({one_line(held['reason'])})"
+            elif collector["last_error"]:
                 line += f" (last error: {one_line(collector['last_error'])})"
             pending.append(line)
     return WaitVerdict(failed=failed, pending=pending, converged=converged)
@@ -122,8 +134,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 for line in verdict.failed:
                     print(f"  {line}", file=sys.stderr)
                 print(
-                    f"{InvalidState.code}: {plural(len(verdict.failed), 'collector')} failed "
-                    "(fix the spec, or `reconciler restart ID`)",
+                    f"{InvalidState.code}: {plural(len(verdict.failed), 'collector')} failed, "
+                    "rejected or held (fix or revert the spec, or `reconciler restart ID`)",
                     file=sys.stderr,
                 )
                 return EXIT_ERROR

@@ -590,10 +590,13 @@ _SETTINGS = RolloutSettings()
 
 
 def converged(desired: Desired, observed: Observed | None, override: Override | None) -> bool:
-    """Whether a collector runs its current spec in its desired state (``reconciler wait``)."""
+    """Whether a collector runs its current spec in its desired state, and (running) is
+    ready: what ``reconciler wait`` waits for, as ``kubectl rollout status`` does."""
     want = effective_state(desired, override)
     if observed is None:
         return want == DesiredState.STOPPED
     if observed.applied_spec_hash != desired.spec_hash and want != DesiredState.STOPPED:
+        return False
+    if want == DesiredState.RUNNING and not observed.ready:
         return False
     return observed.state.value == want.value

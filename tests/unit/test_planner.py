@@ -341,7 +341,10 @@ def test_plan_is_deterministic_and_pure() -> None:
 @pytest.mark.parametrize(
     ("d", "o", "expected"),
     [
-        pytest.param(desired(), observed(S.RUNNING), True, id="running-current-spec"),
+        pytest.param(
+            desired(), replace(observed(S.RUNNING), ready=True), True, id="running-ready"
+        ),
+        pytest.param(desired(), observed(S.RUNNING), False, id="running-not-ready-yet"),
         pytest.param(desired(args=["1"]), observed(S.RUNNING), False, id="old-spec"),
         pytest.param(desired(), observed(S.BACKOFF), False, id="backoff"),
         pytest.param(

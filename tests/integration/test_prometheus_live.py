@@ -7,7 +7,10 @@ something to show: two sleepers, a paused one, one that can never start
 rule evaluation) scrapes it with metrics/rules/reconciler.rules.yml loaded.
 Then every recording rule and every dashboard query must return data through
 the HTTP API, the rules evaluate without errors, the alerts that should be
-pending are, and a spec change shows up in the rollout rules.
+pending are, and a spec change shows up in the rollout rules. Last, a spec
+change that is never ready is rolled back: the Rollouts panels show the
+rejected content, SpecRejected is pending and RolloutStuck is not, and a
+revert of the file clears both.
 
 Needs ``prometheus`` (metrics/install-prometheus.sh); skips without it unless
 CI / RECONCILER_REQUIRE_PROMETHEUS is set (see test_prometheus_rules.py).
@@ -51,6 +54,10 @@ MAY_BE_EMPTY = {
     # Lists only collectors not yet on their file's spec: empty once converged,
     # and whether a never-started collector counts depends on the daemon.
     "panel 'Hosts still behind' target A": "empty when every collector is converged",
+    # No reconciler_spec_rejected series while nothing is rejected (DESIGN §9);
+    # test_a_rolled_back_spec_pages_once checks these with a rejected content.
+    "panel 'Specs rolled back' target A": "empty while nothing is rejected",
+    "panel 'Rejected spec contents' target A": "empty while nothing is rejected",
 }
 
 MARK = f"env = {{ {MARK_ENV} = {json.dumps(SESSION_MARK)} }}\n"
@@ -346,3 +353,112 @@ def test_rules_see_the_fleet_as_it_is(stack: Stack) -> None:
     )
     assert after != before
     assert stack.value('reconciler:specs_pending:count{job="reconciler"}') is not None
+
+
+ROLLOUT_KEYS = "rollback = true\nrollout_timeout_seconds = 2\n"
+ROLLOUT_GOOD = (
+    f'{ROLLOUT_KEYS}type = "sleeper"\nbinary_path = "/bin/sleep"\nargs = ["3604"]\n{MARK}'
+)
+# Exits at once, so it never runs min_ready_seconds: not ready within
+# rollout_timeout_seconds, a failed rollout, rolled back to ROLLOUT_GOOD.
+ROLLOUT_BAD = (
+    f'{ROLLOUT_KEYS}min_ready_seconds = 1\ntype = "sleeper"\nbinary_path = "/bin/sh"\n'
+    'args = ["-c", "exit 3"]\nrestart_backoff_initial_seconds = 0.2\n'
+    f"restart_backoff_max_seconds = 0.5\n{MARK}"
+)
+
+
+def _panel_queries(title: str) -> list[str]:
+    return [
+        grafana_to_promql(expr)
+        for where, expr in dashboard_queries(load_dashboard())
+        if where.startswith(f"panel {title!r} ")
+    ]
+
+
+def _alerts_for(stack: Stack, collector_id: str) -> set[str]:
+    """Names of the alerts pending or firing for one collector."""
+    return {
+        alert["labels"]["alertname"]
+        for alert in stack.api("alerts")["alerts"]
+        if alert["labels"].get("id") == collector_id
+    }
+
+
+def _hashes(stack: Stack, promql: str) -> set[str]:
+    return {sample["metric"]["hash"] for sample in stack.query(promql)}
+
+
+@pytest.mark.timeout(120)
+def test_a_rolled_back_spec_pages_once(stack: Stack) -> None:
+    """A never-ready change is rejected: SpecRejected names it, RolloutStuck does not."""
+    wait_for(lambda: _serving_metrics(stack), timeout=20, message="reconciler serving /metrics")
+    wait_for(lambda: _prometheus_ready(stack), timeout=30, message="prometheus ready")
+    wait_for(lambda: _target_up(stack), timeout=20, message="reconciler target up")
+    spec = stack.specs / "rollout.toml"
+    spec.write_text(ROLLOUT_GOOD)
+    wait_for(
+        lambda: stack.value('reconciler_collector_ready{id="rollout"}') == 1,
+        timeout=30,
+        message="rollout ready on its first spec",
+    )
+    good = wait_for(
+        lambda: _hashes(stack, 'reconciler_collector_applied_spec_info{id="rollout"}'),
+        timeout=10,
+        message="rollout's applied hash",
+    )
+
+    spec.write_text(ROLLOUT_BAD)
+    bad = wait_for(
+        lambda: (
+            (hashes := _hashes(stack, 'reconciler_spec_info{file="rollout.toml"}')) != good
+            and hashes
+        ),
+        timeout=15,
+        message="the new content's hash in reconciler_spec_info",
+    )
+    # Rolled back: the same hash as reconciler_spec_info's (what RolloutStuck's
+    # exclusion joins on), and the collector runs its first spec again.
+    wait_for(
+        lambda: _hashes(stack, 'reconciler_spec_rejected{file="rollout.toml"} == 1') == bad,
+        timeout=30,
+        message=f'reconciler_spec_rejected{{file="rollout.toml",hash={bad}}} 1',
+    )
+    wait_for(
+        lambda: _hashes(stack, 'reconciler_collector_applied_spec_info{id="rollout"}') == good,
+        timeout=15,
+        message="rollout back on its first spec",
+    )
+    (count,) = _panel_queries("Specs rolled back")
+    assert stack.value(count) == 1, count
+    (table,) = _panel_queries("Rejected spec contents")
+    rows = [(row["metric"]["file"], row["metric"]["hash"]) for row in stack.query(table)]
+    assert rows == [("rollout.toml", *bad)], table
+    # One cause, one page: SpecRejected, not RolloutStuck (pending once the
+    # new hash was seen unapplied, gone once it is rejected).
+    wait_for(
+        lambda: (
+            (alerts := _alerts_for(stack, "rollout")) >= {"SpecRejected"}
+            and "RolloutStuck" not in alerts
+        ),
+        timeout=15,
+        message="SpecRejected pending for rollout, RolloutStuck not",
+    )
+    # This daemon has no max_unavailable, so no waves: the rejection holds no
+    # other collector, and RolloutHeld does not page for it as well.
+    assert stack.value("reconciler_rollout_held") == 0
+    assert "RolloutHeld" not in {a["labels"]["alertname"] for a in stack.api("alerts")["alerts"]}
+
+    # A revert is a change of the file: nothing rejected, no alert.
+    spec.write_text(ROLLOUT_GOOD)
+    wait_for(
+        lambda: not stack.query('reconciler_spec_rejected{file="rollout.toml"}'),
+        timeout=15,
+        message="reconciler_spec_rejected gone after the revert",
+    )
+    wait_for(
+        lambda: not _alerts_for(stack, "rollout") & {"SpecRejected", "RolloutStuck"},
+        timeout=15,
+        message="no rollout alert for rollout after the revert",
+    )
+    assert _hashes(stack, 'reconciler_collector_applied_spec_info{id="rollout"}') == good

@@ -29,6 +29,7 @@ from reconciler.errors import InvalidSpec, ProcessNotFound, ReconcilerError
 from reconciler.loop import Applied, Reconciler, resolve_spec_paths, run_until
 from reconciler.metrics import MetricsServer
 from reconciler.notify import sd_notify
+from reconciler.plan.planner import Desired
 from reconciler.plan.rollout import RolloutSettings
 from reconciler.process import CollectorProcessManager, ManagerEvent
 from reconciler.source import SpecSource
@@ -43,6 +44,8 @@ STATE_SAVE_DELAY_SECONDS = 0.05
 STATE_CHANGING_EVENTS = frozenset(
     {
         "started",
+        "ready",
+        "rollback",
         "stopped",
         "adopted",
         "failed",
@@ -269,11 +272,13 @@ class Daemon:
     def saved_state(self) -> SavedState:
         collectors = {}
         applied_all = self.reconciler.applied  # built once: a dict of every record
+        records = self.manager.executor.records
         for collector_id in self.manager.collector_ids():
             identity = self.manager.run_identity(collector_id)
             applied = applied_all.get(collector_id)
             if identity is None or applied is None:
                 continue
+            good = records[collector_id].good
             collectors[collector_id] = AdoptionRecord(
                 collector_type=applied.spec.type,
                 pid=identity.pid,
@@ -283,6 +288,8 @@ class Daemon:
                 spec=self._spec_dump(applied),
                 spec_hash=applied.spec_hash,
                 process_hash=applied.process_hash,
+                ready_spec=good is not None and good.spec_hash == applied.spec_hash,
+                rejected=records[collector_id].rejected,
             )
         return SavedState(overrides=dict(self.reconciler.overrides), collectors=collectors)
 
@@ -322,6 +329,10 @@ class Daemon:
             except ProcessNotFound as exc:
                 log.info("%s: not adopted: %s", collector_id, exc.message)
                 continue
+            adopted = self.manager.executor.records[collector_id]
+            if record.ready_spec:
+                adopted.good = Desired(spec, record.spec_hash, record.process_hash)
+            adopted.rejected = record.rejected
         killed = await self.manager.sweep_stale_cgroups()
         if killed:
             log.info("killed %d processes left by collectors that died unwatched", len(killed))

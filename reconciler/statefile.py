@@ -21,6 +21,7 @@ from typing import Any
 import tomli_w
 
 from reconciler.plan.planner import Override
+from reconciler.plan.rollout import Rejected
 from reconciler.state import DesiredState
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ class AdoptionRecord:
     spec: dict[str, Any]
     spec_hash: str
     process_hash: str
+    ready_spec: bool = False
+    """That spec was ready: a later rollback goes back to it."""
+    rejected: Rejected | None = None
+    """File content rolled back, not to be tried again until its file changes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,14 @@ def _record_to_toml(record: AdoptionRecord) -> dict[str, Any]:
     }
     if record.cgroup_path is not None:
         table["cgroup_path"] = record.cgroup_path
+    if record.ready_spec:
+        table["ready_spec"] = True
+    if record.rejected is not None:
+        table["rejected"] = {
+            "spec_hash": record.rejected.spec_hash,
+            "reason": record.rejected.reason,
+            "time": record.rejected.wall_time,
+        }
     return table
 
 
@@ -100,12 +113,20 @@ def loads(text: str) -> SavedState:
                 spec=dict(c["spec"]),
                 spec_hash=str(c["spec_hash"]),
                 process_hash=str(c["process_hash"]),
+                ready_spec=bool(c.get("ready_spec", False)),
+                rejected=_rejected(c.get("rejected")),
             )
             for cid, c in document.get("collectors", {}).items()
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed entry: {exc!r}") from exc
     return SavedState(overrides=overrides, collectors=collectors)
+
+
+def _rejected(table: Any) -> Rejected | None:
+    if table is None:
+        return None
+    return Rejected(str(table["spec_hash"]), str(table["reason"]), float(table["time"]))
 
 
 def load_state(path: Path, *, on_error: Callable[[str], None] | None = None) -> SavedState:

@@ -136,6 +136,14 @@ class Rollouts(Daemon):
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
 
 
+def restarted(daemon: Rollouts, tmp_path: Path, config: str) -> None:
+    """A new ``reconciler run`` on the same directories, in place of the (killed) one."""
+    mark = daemon.mark
+    Rollouts.__init__(daemon, tmp_path, config)
+    daemon.mark = mark
+    wait_for(lambda: "watching" in daemon.stderr, timeout=30, message="daemon restarted")
+
+
 @contextlib.contextmanager
 def running(tmp_path: Path, config: str = "") -> Iterator[Rollouts]:
     daemon = Rollouts(tmp_path, config)
@@ -191,6 +199,14 @@ def test_a_bad_args_change_is_rolled_back_and_the_good_one_after_it_rolls_out(
         planned = daemon.cli("diff", str(daemon.specs))
         assert planned.returncode == 0, planned.stdout + planned.stderr
         assert daemon.ids_alive().get("web") == pid
+        # Nor by the next reconciler: the rejection is in the state file.
+        daemon.process.kill()
+        daemon.process.wait()
+        restarted(daemon, tmp_path, "[reconciler]\nrollback = true\n")
+        wait_for(lambda: daemon.view("web")["ready"], message="adopted and ready")
+        assert daemon.view("web")["rejected"]["hash"] == bad_hash
+        assert daemon.ids_alive().get("web") == pid, "adopted, not restarted"
+        assert daemon.cli("wait", "--timeout", "5").returncode == 1
         # A fixed spec rolls out, and the rejection ends with the file change.
         fixed = daemon.spec("web", "good-v2", port, probe, rollout_timeout_seconds=3)
         daemon.write("web", fixed)

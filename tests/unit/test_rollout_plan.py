@@ -382,3 +382,26 @@ def test_new_and_down_collectors_are_not_held_by_waves() -> None:
 )
 def test_wave_of(position: int, max_unavailable: int, restarting: int, wave: int) -> None:
     assert wave_of(position, max_unavailable=max_unavailable, restarting=restarting) == wave
+
+
+# -- diff ------------------------------------------------------------------------------
+
+
+def test_diff_shows_the_waves_and_what_waits_for_after() -> None:
+    from reconciler.plan.diff import diff, observed_from
+
+    old = {f"c{n}": desired(args=["old"]) for n in range(5)}
+    new = {f"c{n}": desired(args=["new"]) for n in range(5)}
+    new["late"] = desired(args=["late"], after=["fresh"])
+    new["fresh"] = desired(args=["fresh"])
+    lines = {line.collector_id: line for line in diff(
+        new, observed_from(old), 0.0, settings=RolloutSettings(max_unavailable=2)
+    )}  # fmt: skip
+    assert [lines[f"c{n}"].wave for n in range(5)] == [1, 1, 2, 2, 3]
+    assert lines["c4"].line == "restart c4 in wave 3 (spec changed: args)"
+    assert lines["c4"].action == "restart" and lines["c4"].difference
+    assert lines["late"].held == "waiting until fresh is ready"
+    assert lines["late"].line == "start late (new spec); held: waiting until fresh is ready"
+    assert lines["fresh"].line == "start fresh (new spec)"
+    unlimited = diff(new, observed_from(old), 0.0)
+    assert {line.wave for line in unlimited} == {0}

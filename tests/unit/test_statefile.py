@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 
 from reconciler.plan.planner import Override
+from reconciler.plan.rollout import Rejected
 from reconciler.state import DesiredState
 from reconciler.statefile import AdoptionRecord, SavedState, load_state, save_state
 
@@ -20,6 +21,8 @@ STATE = SavedState(
             spec={"type": "procmond", "args": ["-v"]},
             spec_hash="abc",
             process_hash="def",
+            ready_spec=True,
+            rejected=Rejected("bad", "rollout not ready within 120 s", 3.25),
         ),
         "db": AdoptionRecord(
             collector_type="x",

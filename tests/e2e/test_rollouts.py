@@ -10,6 +10,7 @@ over ten changed specs never has more than one collector down, checked from
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -273,6 +274,6 @@ def test_max_unavailable_1_over_ten_changed_specs_never_has_two_down(tmp_path: P
         # The kernel's start times (clock ticks): each wave waits for the last to be ready.
         ticks = os.sysconf("SC_CLK_TCK")
         starts = sorted(daemon.start_ticks(after[cid]) / ticks for cid in ids)
-        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert min(gaps) >= 0.3 - 2 / ticks, f"a wave began before the last was ready: {gaps}"
         assert daemon.stop() == 0

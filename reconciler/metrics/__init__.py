@@ -1,21 +1,25 @@
 """Prometheus exporter and the metrics listener: ``/metrics``, ``/healthz``, ``/readyz``.
 
 ``ReconcilerCollector`` turns one consistent snapshot of a ``Reconciler`` —
-``views()`` and the spec snapshot, read together in the event-loop thread at
-scrape time — into the metric families of DESIGN §9, exactly those names,
-labels and types. Nothing is polled between scrapes: the series are built
-fresh on every scrape (so a removed collector's series disappear and a failed
-one keeps its own), and the only state kept between scrapes is what makes the
-counters monotonic and what the loop reports through its listeners (pass
-durations, actions).
+``views()``, the spec snapshot and the process trees, read together in the
+event-loop thread at scrape time — into the metric families of DESIGN §9,
+exactly those names, labels and types. Nothing is polled between scrapes:
+the series follow the views of each scrape (so a removed collector's series
+disappear and a failed one keeps its own). What is kept between scrapes
+only saves work or keeps counters monotonic: each collector's lines of text
+until its values change (``blocks``), the spec families until the snapshot
+changes, the ``/proc`` and cgroup files read on every scrape (open), each
+family's encoded and compressed text until it changes (``exposition``), and
+what the loop reports through its listeners (pass durations, actions).
 
 ``MetricsServer`` serves the registry on the read-only TCP listener of
 DESIGN §8 (aiohttp). ``reconciler.daemon`` starts it next to the loop;
-embedders and tests may too. A scrape runs in the event-loop thread; at 1000
-collectors it has ~23 000 samples, too many for ``generate_latest`` within
-the 100 ms a scrape may take, so the families this module makes
-(``SeriesFamily``, ``OneHotFamily``) write their own text — the same bytes,
-tested — and anything else in the registry goes through ``generate_latest``.
+embedders and tests may too. A scrape runs in the event-loop thread, with no
+process-wide side effect (the garbage collector is left as it is); at 1000
+collectors it has ~23 000 samples, too many for ``generate_latest``, so the
+families this package makes (``TextFamily``) write their own text — the same
+bytes, tested — and anything else in the registry goes through
+``generate_latest``.
 
 Choices the contract leaves open:
 
@@ -42,9 +46,11 @@ from reconciler.metrics.families import (
     STATE,
     OneHotFamily,
     SeriesFamily,
+    TextFamily,
+    WrittenFamily,
     encode,
 )
-from reconciler.metrics.server import MetricsServer, parse_address
+from reconciler.metrics.server import MetricsServer, accepts_gzip, parse_address
 
 __all__ = [
     "ACTIONS",
@@ -55,6 +61,9 @@ __all__ = [
     "OneHotFamily",
     "ReconcilerCollector",
     "SeriesFamily",
+    "TextFamily",
+    "WrittenFamily",
+    "accepts_gzip",
     "encode",
     "parse_address",
 ]

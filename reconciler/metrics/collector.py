@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from reconciler.loop import CollectorView, Reconciler
+from reconciler.metrics.blocks import CollectorBlocks, Static
 from reconciler.metrics.constants import ACTIONS, DURATION_BUCKETS_SECONDS, RESULTS
 from reconciler.metrics.families import (
     ACTIONS_TOTAL,
-    APPLIED_SPEC,
-    BACKOFF,
     BUILD_INFO,
-    CPU,
-    DESIRED_STATE,
-    HEALTH,
-    LAST_EXIT_CODE,
-    MEMORY,
-    READY,
     RECONCILE_DURATION,
-    RESTARTS,
     ROLLOUT_HELD,
     SPEC_INFO,
     SPEC_REJECTED,
     SPEC_VALID,
     SPECS,
-    START_TIME,
-    STATE,
     STATE_FILE_ERRORS,
-    UP,
-    UPTIME,
-    OneHotFamily,
     SeriesFamily,
 )
-from reconciler.metrics.samples import DurationHistogram, Monotonic, TreeCpu, read_stat
+from reconciler.metrics.samples import DurationHistogram, Monotonic, TreeCpu, TreeReader, _PidSample
 from reconciler.process import ManagerEvent
 from reconciler.source import DIRECTORY_KEY, SpecSnapshot
 from reconciler.state import CollectorState, DesiredState, HealthStatus
@@ -59,9 +46,21 @@ def _version() -> str:
         return "unknown"
 
 
-_STATES = tuple(state.value for state in CollectorState)
-_DESIRED = tuple(state.value for state in DesiredState)
-_HEALTHS = tuple(health.value for health in HealthStatus)
+class _Counters:
+    """What keeps one collector's counters monotonic for the life of its id."""
+
+    __slots__ = ("cpu", "restarts")
+
+    def __init__(self) -> None:
+        self.cpu = TreeCpu()
+        self.restarts = Monotonic()
+
+
+_NO_PROCESSES: Mapping[int, _PidSample] = {}
+_VALUE: dict[CollectorState | DesiredState | HealthStatus, str] = {
+    member: member.value for kind in (CollectorState, DesiredState, HealthStatus) for member in kind
+}
+"""An enum member's value; ``.value`` is a property lookup, 6 times as slow, 3000 times a scrape."""
 
 
 class ReconcilerCollector(Collector):
@@ -69,7 +68,10 @@ class ReconcilerCollector(Collector):
 
     Registers itself as a pass, action and manager-event listener of
     ``reconciler``; ``collect()`` must run in the reconciler's event-loop
-    thread (it reads the loop's state without locks).
+    thread (it reads the loop's state without locks). Between scrapes it
+    keeps each collector's counters and lines (``CollectorBlocks``), the
+    spec families of the last spec snapshot, and the ``/proc`` and cgroup
+    files it reads open (``TreeReader``; ``close()`` closes them).
     """
 
     def __init__(self, reconciler: Reconciler) -> None:
@@ -77,11 +79,18 @@ class ReconcilerCollector(Collector):
         self.version = _version()
         self._durations = DurationHistogram(DURATION_BUCKETS_SECONDS)
         self._actions = {(action, result): 0 for action in ACTIONS for result in RESULTS}
-        self._cpu: dict[str, TreeCpu] = {}
-        self._restarts: dict[str, Monotonic] = {}
+        self._counters: dict[str, _Counters] = {}
+        self.blocks = CollectorBlocks()
+        self.trees = TreeReader()
+        self._spec_snapshot: SpecSnapshot | None = None
+        self._spec_families_of_snapshot: list[Metric] = []
         reconciler.pass_listeners.append(self._durations.observe)
         reconciler.action_listeners.append(self._on_action)
         reconciler.manager.add_listener(self._on_manager_event)
+
+    def close(self) -> None:
+        """Close the files kept open between scrapes (the next scrape opens them again)."""
+        self.trees.close()
 
     def _on_action(self, action: str, result: str) -> None:
         if (action, result) in self._actions:
@@ -108,12 +117,15 @@ class ReconcilerCollector(Collector):
         # process trees all show the same moment.
         snapshot = reconciler.snapshot
         views = reconciler.views()
-        tree_pids = reconciler.manager.all_tree_pids()
-        families = [
-            *self._collector_families(views, tree_pids),
-            *self._spec_families(snapshot),
-            *self._rollout_families(views, held=reconciler.rollout_held),
-        ]
+        trees = self.trees.read(reconciler.manager)
+        self._add_collectors(views, trees)
+        families: list[Metric] = [*self.blocks.families()]
+        if snapshot is not self._spec_snapshot:
+            # A snapshot is immutable: its families are those of the last scrape until it changes.
+            self._spec_families_of_snapshot = list(self._spec_families(snapshot))
+            self._spec_snapshot = snapshot
+        families.extend(self._spec_families_of_snapshot)
+        families.extend(self._rollout_families(views, held=reconciler.rollout_held))
         families.append(
             self._durations.family(RECONCILE_DURATION, "Duration of one pass of the loop.")
         )
@@ -126,61 +138,47 @@ class ReconcilerCollector(Collector):
         build.add((self.version,), 1)
         return [*families, actions, state_errors, build]
 
-    def _collector_families(
-        self, views: list[CollectorView], tree_pids: Mapping[str, list[int]]
-    ) -> Iterator[Metric]:
-        state = OneHotFamily(STATE, _STATES)
-        desired = OneHotFamily(DESIRED_STATE, _DESIRED)
-        health = OneHotFamily(HEALTH, _HEALTHS)
-        up, uptime, start_time = SeriesFamily(UP), SeriesFamily(UPTIME), SeriesFamily(START_TIME)
-        restarts, exit_code = SeriesFamily(RESTARTS), SeriesFamily(LAST_EXIT_CODE)
-        backoff, cpu, memory = SeriesFamily(BACKOFF), SeriesFamily(CPU), SeriesFamily(MEMORY)
-        applied, ready = SeriesFamily(APPLIED_SPEC), SeriesFamily(READY)
-        known = {view.collector_id for view in views}
-        for gone in self._cpu.keys() - known:
-            del self._cpu[gone]
-        for gone in self._restarts.keys() - known:
-            del self._restarts[gone]
-
+    def _add_collectors(
+        self, views: list[CollectorView], trees: Mapping[str, Mapping[int, _PidSample]]
+    ) -> None:
+        counters, blocks = self._counters, self.blocks
+        if len(counters) > len(views):
+            known = {view.collector_id for view in views}
+            for gone in [cid for cid in counters if cid not in known]:
+                del counters[gone]
         running = CollectorState.RUNNING
         for view in views:
-            cid, ctype = key = (view.collector_id, view.collector_type)
-            current, status = view.state, view.status
-            state.add_hot(key, current.value)
-            desired.add_hot(key, view.desired.value)
-            health.add_hot(key, _health(view).value)
-            up.add(key, 1 if current == running else 0)
-            count = 0
+            cid, status = view.collector_id, view.status
+            kept = counters.get(cid)
+            if kept is None:
+                kept = counters[cid] = _Counters()
+            samples = trees.get(cid, _NO_PROCESSES)
+            rss_bytes = 0
+            for sample in samples.values():
+                rss_bytes += sample.rss_bytes
+            state = view.state
             if status is None:
-                uptime.add(key, 0.0)
-                backoff.add(key, 0.0)
+                health, up, start_time, count, exit_code, uptime, backoff = (
+                    _VALUE[_health(view)], 0, None, 0, None, 0.0, 0.0
+                )  # fmt: skip
             else:
-                uptime.add(key, status.uptime_seconds)
-                backoff.add(key, status.backoff_seconds)
-                count = status.restart_count
-                if status.start_time is not None:
-                    start_time.add(key, status.start_time)
-                if status.last_exit_code is not None:
-                    exit_code.add(key, status.last_exit_code)
-            restarts.add(key, self._restarts.setdefault(cid, Monotonic()).update(count))
-            cpu_seconds, rss_bytes = self._tree_usage(cid, tree_pids.get(cid, ()))
-            cpu.add(key, cpu_seconds)
-            memory.add(key, rss_bytes)
-            if view.applied_spec_hash is not None:
-                applied.add((cid, ctype, view.applied_spec_hash), 1)
-            ready.add(key, 1 if view.ready else 0)
-        yield from (state, desired, up, health, uptime, start_time, restarts, exit_code)
-        yield from (backoff, cpu, memory, applied, ready)
-
-    def _tree_usage(self, collector_id: str, pids: Iterable[int]) -> tuple[float, int]:
-        """CPU seconds (monotonic) and resident bytes of one collector's process tree."""
-        samples = {}
-        for pid in pids:
-            sample = read_stat(pid)
-            if sample is not None:
-                samples[pid] = sample
-        cpu_seconds = self._cpu.setdefault(collector_id, TreeCpu()).update(samples)
-        return cpu_seconds, sum(sample.rss_bytes for sample in samples.values())
+                health, up = _VALUE[status.health], 1 if state == running else 0
+                start_time, count = status.start_time, status.restart_count
+                exit_code, uptime = status.last_exit_code, status.uptime_seconds
+                backoff = status.backoff_seconds
+            # Positional: keywords cost 2.6 times as much (1.3 µs), 1000 times a scrape.
+            key = Static(
+                cid, view.collector_type, _VALUE[state], _VALUE[view.desired], health, up,
+                start_time, kept.restarts.update(count), exit_code, view.applied_spec_hash,
+                1 if view.ready else 0,
+            )  # fmt: skip
+            blocks.add(
+                key,
+                uptime_seconds=uptime,
+                backoff_seconds=backoff,
+                cpu_seconds=kept.cpu.update(samples),
+                rss_bytes=rss_bytes,
+            )
 
     def _spec_families(self, snapshot: SpecSnapshot) -> Iterator[Metric]:
         valid, info, specs = SeriesFamily(SPEC_VALID), SeriesFamily(SPEC_INFO), SeriesFamily(SPECS)

@@ -1,11 +1,13 @@
-"""What is kept between scrapes: per-pid CPU samples from ``/proc``, monotonic
-counters and the pass-duration histogram.
+"""What is kept between scrapes: the ``/proc`` and cgroup files of every collector's
+process tree (``TreeReader``), per-pid CPU samples, monotonic counters and the
+pass-duration histogram.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
+import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -13,8 +15,15 @@ from typing import NamedTuple
 from prometheus_client.core import HistogramMetricFamily
 
 from reconciler.metrics.constants import CLOCK_TICKS_PER_SECOND, PAGE_BYTES, go_float
+from reconciler.process import CollectorProcessManager
 
 # -- /proc ------------------------------------------------------------------------
+
+_STAT_BYTES = 1024
+"""Enough for any ``/proc/<pid>/stat`` line (the command name is at most 16 bytes)."""
+_PROCS_BYTES = 4096
+_KEPT_SHARE_OF_FD_LIMIT = 4
+"""Files kept open take at most this share (1/N) of the soft RLIMIT_NOFILE."""
 
 
 class _PidSample(NamedTuple):
@@ -28,23 +37,12 @@ class _PidSample(NamedTuple):
     rss_bytes: int
 
 
-def read_stat(pid: int) -> _PidSample | None:
-    """One read of ``/proc/<pid>/stat``; ``None`` if the process is gone.
+def parse_stat(data: bytes) -> _PidSample | None:
+    """The fields of a ``/proc/<pid>/stat`` line the exporter uses.
 
     Its ``rss`` field is the number ``statm`` reports as resident, so one file
-    per process gives both CPU and memory: this runs for every process of
-    every collector on each scrape.
+    per process gives both CPU and memory.
     """
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 1024)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
     # The command name may hold spaces and parentheses: fields follow the last ')'.
     fields = data[data.rfind(b")") + 2 :].split()
     try:
@@ -56,6 +54,228 @@ def read_stat(pid: int) -> _PidSample | None:
         )
     except (IndexError, ValueError):
         return None
+
+
+def read_stat(pid: int) -> _PidSample | None:
+    """One read of ``/proc/<pid>/stat``; ``None`` if the process is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, _STAT_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return parse_stat(data)
+
+
+def _fd_budget() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft // _KEPT_SHARE_OF_FD_LIMIT
+
+
+class KeptFiles:
+    """Files read again on every scrape, kept open between scrapes.
+
+    ``/proc/<pid>/stat`` and ``cgroup.procs`` are generated on each read, so a
+    ``pread`` at offset 0 of a file kept open reads them anew: one system call
+    instead of open, read and close, and no path lookup (the costly part in
+    ``/proc`` and cgroupfs). A kept ``/proc/<pid>/stat`` stays that process's:
+    once it is gone the read fails (ESRCH), also when its pid is reused; a kept
+    ``cgroup.procs`` of a removed cgroup fails with ENODEV and does not keep
+    the cgroup from being removed. A failed read closes the file and opens the
+    path once more (a reused pid is another process, whose file it then is).
+
+    At most a quarter of the soft RLIMIT_NOFILE is kept open (an embedder's
+    limit may be low); beyond that, files are opened and closed per read.
+    ``sweep()`` closes what was not read since the last sweep.
+    """
+
+    def __init__(self, *, max_open: int | None = None) -> None:
+        self.max_open = _fd_budget() if max_open is None else max_open
+        self.kept: dict[object, int] = {}
+        """Key -> the file kept open for it."""
+        self.used: set[object] = set()
+        """Keys read since the last sweep."""
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def read(self, key: object, path: str, size: int) -> bytes | None:
+        """Up to ``size`` bytes of ``path`` from its start (``key`` names it); ``None`` if gone."""
+        fd = self.kept.get(key)
+        if fd is not None:
+            try:
+                data = os.pread(fd, size, 0)
+            except OSError:
+                del self.kept[key]
+                os.close(fd)
+            else:
+                self.used.add(key)
+                return data
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = os.pread(fd, size, 0)
+        except OSError:
+            os.close(fd)
+            return None
+        if len(self.kept) < self.max_open:
+            self.kept[key] = fd
+            self.used.add(key)
+        else:
+            os.close(fd)
+        return data
+
+    def read_all(self, key: object, path: str, size: int) -> bytes | None:
+        """The whole of ``path``: ``read`` and then, while it fills ``size``, what follows."""
+        data = self.read(key, path, size)
+        if data is None or len(data) < size:
+            return data
+        chunks = [data]
+        fd = self.kept.get(key)
+        try:
+            if fd is None:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    return _read_from(fd, 0)
+                finally:
+                    os.close(fd)
+            chunks.append(_read_from(fd, size))
+        except OSError:
+            return None
+        return b"".join(chunks)
+
+    def sweep(self) -> None:
+        """Close every kept file not read since the last sweep."""
+        opened, read = self.kept, self.used
+        if len(read) != len(opened):
+            for key in [key for key in opened if key not in read]:
+                os.close(opened.pop(key))
+        read.clear()
+
+    def close(self) -> None:
+        for fd in self.kept.values():
+            os.close(fd)
+        self.kept.clear()
+        self.used.clear()
+
+
+def _read_from(fd: int, offset: int) -> bytes:
+    chunks = []
+    while chunk := os.pread(fd, 65536, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+class TreeReader:
+    """The live processes of every collector's tree, read from ``/proc`` with kept files.
+
+    A run with a cgroup of its own is its cgroup's ``cgroup.procs`` (what
+    ``PosixDriver.tree_pids`` reads too, escapees included); a run without one
+    (no cgroup tracking, or an adopted run whose cgroup is gone) is what the
+    manager's driver says (``all_tree_pids``, one process-table scan for all).
+
+    A tree whose pids and ``stat`` lines read the same as at the last scrape
+    (a sleeping collector's do) gets the same samples object back: a scrape
+    of an idle fleet makes no new object per collector, and so gives the
+    garbage collector nothing to trace or promote.
+    """
+
+    def __init__(self, *, files: KeptFiles | None = None) -> None:
+        self.files = KeptFiles() if files is None else files
+        self._parsed: dict[int, tuple[bytes, _PidSample]] = {}
+        """Pid -> its last ``stat`` line and what it says."""
+        self._trees: dict[str, tuple[bytes | None, list[int], dict[int, _PidSample]]] = {}
+        """Collector id -> its last ``cgroup.procs`` read, its pids and their samples."""
+
+    def read(self, manager: CollectorProcessManager) -> dict[str, dict[int, _PidSample]]:
+        """Collector id -> {pid: its sample} for every collector with a process.
+
+        The samples are the reader's: the caller must not change them.
+        """
+        files, trees = self.files, self._trees
+        runs = manager.executor.runs()
+        untracked = any(run.cgroup_path is None for run in runs.values())
+        by_driver = manager.all_tree_pids() if untracked else {}
+        result: dict[str, dict[int, _PidSample]] = {}
+        count = 0
+        for collector_id, run in runs.items():
+            last = trees.get(collector_id)
+            cgroup = run.cgroup_path
+            procs: bytes | None = None
+            if cgroup is None:
+                pids = by_driver.get(collector_id, [run.pid])
+            else:
+                procs = files.read_all(cgroup, f"{cgroup}/cgroup.procs", _PROCS_BYTES)
+                if last is not None and last[0] == procs:
+                    pids = last[1]
+                else:
+                    pids = [int(pid) for pid in procs.split()] if procs else []
+            samples = self._samples(pids, last[2] if last is not None else None)
+            if last is None or samples is not last[2] or pids is not last[1]:
+                trees[collector_id] = (procs, pids, samples)
+            result[collector_id] = samples
+            count += len(samples)
+        if len(trees) > len(result):
+            for gone in [cid for cid in trees if cid not in result]:
+                del trees[gone]
+        parsed = self._parsed
+        if len(parsed) > count:
+            live = {pid for samples in result.values() for pid in samples}
+            for pid in [pid for pid in parsed if pid not in live]:
+                del parsed[pid]
+        files.sweep()
+        return result
+
+    def _samples(
+        self, pids: list[int], last: dict[int, _PidSample] | None
+    ) -> dict[int, _PidSample]:
+        """The samples of ``pids``: ``last`` itself if they are all the same as in it."""
+        files, parsed, kept, pread = self.files, self._parsed, self.files.kept, os.pread
+        samples = {}
+        same = last is not None and len(last) == len(pids)
+        for pid in pids:
+            # The usual case inline: a file kept open since the last scrape.
+            fd = kept.get(pid)
+            data = None
+            if fd is not None:
+                try:
+                    data = pread(fd, _STAT_BYTES, 0)
+                except OSError:
+                    pass
+                else:
+                    files.used.add(pid)
+            if data is None:
+                data = files.read(pid, f"/proc/{pid}/stat", _STAT_BYTES)
+                if data is None:
+                    same = False
+                    continue
+            # A sleeping process's line is the same from scrape to scrape.
+            seen = parsed.get(pid)
+            if seen is not None and seen[0] == data:
+                sample = seen[1]
+            else:
+                parsed_sample = parse_stat(data)
+                if parsed_sample is None:
+                    same = False
+                    continue
+                sample = parsed_sample
+                parsed[pid] = (data, sample)
+            samples[pid] = sample
+            if same and last is not None and last.get(pid) is not sample:
+                same = False
+        return last if same and last is not None else samples
+
+    def close(self) -> None:
+        self.files.close()
+        self._parsed.clear()
+        self._trees.clear()
 
 
 @dataclass(slots=True)
@@ -85,6 +305,9 @@ class TreeCpu:
 
     def update(self, samples: Mapping[int, _PidSample]) -> float:
         """Take this scrape's samples of the tree's live processes; return CPU seconds."""
+        if samples == self.seen:
+            # The same processes with the same figures (a sleeping tree): nothing to add.
+            return self.reported_ticks / CLOCK_TICKS_PER_SECOND
         for pid, before in self.seen.items():
             now = samples.get(pid)
             if now is not None and now.start_ticks == before.start_ticks:

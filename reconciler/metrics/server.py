@@ -14,11 +14,29 @@ from reconciler.errors import InvalidSpec, Io
 from reconciler.loop import Reconciler
 from reconciler.metrics.collector import ReconcilerCollector
 from reconciler.metrics.constants import SLOW_SCRAPE_SECONDS
-from reconciler.metrics.families import encode
+from reconciler.metrics.exposition import Exposition
+from reconciler.metrics.families import texts
 
 log = logging.getLogger("reconciler.metrics")
 
 # -- the listener ---------------------------------------------------------------------
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value allows gzip (RFC 9110 §12.5.3: ``q=0`` refuses)."""
+    allowed: dict[str, bool] = {}
+    for item in accept_encoding.lower().split(","):
+        coding, _, params = item.partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        allowed[coding.strip()] = quality > 0
+    return allowed.get("gzip", allowed.get("x-gzip", allowed.get("*", False)))
 
 
 def parse_address(address: str) -> tuple[str | None, int]:
@@ -45,6 +63,9 @@ class MetricsServer:
         self.collector = ReconcilerCollector(reconciler)
         self.registry.register(self.collector)
         self.last_scrape_seconds = 0.0
+        self._exposition = Exposition()
+        self.collect_young_first = True
+        """Collect the young generations before each scrape (see ``scrape``)."""
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> tuple[str, int]:
@@ -73,31 +94,37 @@ class MetricsServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        self.collector.close()
 
-    def scrape(self) -> bytes:
-        """The exposition of the registry now (what ``GET /metrics`` returns)."""
+    def scrape(self, *, gzip: bool = False) -> bytes:
+        """The exposition of the registry now (what ``GET /metrics`` returns), gzipped if asked."""
         started = time.perf_counter()
-        # A scrape allocates tens of thousands of short-lived objects at 1000
-        # collectors; collecting them mid-scrape only adds to its latency, so
-        # the collector waits until the scrape is done (same work, later).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            body = encode(self.registry)
-        finally:
-            if collecting:
-                gc.enable()
+        if self.collect_young_first and gc.isenabled():
+            # At 1000 collectors ``views()`` keeps ~2000 objects alive until the
+            # scrape ends. A collection of the middle generation during that
+            # time would move them to the oldest, and every ~70 scrapes that
+            # brings on a full collection (~40 ms at 100 000 objects) inside
+            # one. Collecting the two young generations now (what the
+            # collector would soon do anyway; ~0.1 ms) makes one during the
+            # scrape unlikely. No setting is changed; a process that turned
+            # the collector off is left so.
+            gc.collect(1)
+        family_texts = texts(self.registry)
+        exposition = self._exposition
+        body = exposition.gzip(family_texts) if gzip else exposition.plain(family_texts)
         self.last_scrape_seconds = elapsed = time.perf_counter() - started
         if elapsed > SLOW_SCRAPE_SECONDS:
             log.warning("a metrics scrape took %.2f s in the event loop", elapsed)
         return body
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        response = web.Response(body=self.scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-        # Gzip when the scraper asks (Prometheus does); aiohttp compresses a
-        # body this large in an executor thread, off the event loop.
-        response.enable_compression()
-        return response
+        gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        headers = {"Content-Type": CONTENT_TYPE_LATEST, "Vary": "Accept-Encoding"}
+        if gzip:
+            # Prometheus asks for it. Compressed here, in the loop: only the
+            # families whose text changed since the last scrape (``Exposition``).
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=self.scrape(gzip=gzip), headers=headers)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         if self.loop_alive():

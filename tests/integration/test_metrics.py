@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gzip
 import os
 import signal
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,20 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from reconciler import CollectorState
+from reconciler import CollectorProcessManager, CollectorState, ProcessManagerConfig
 from reconciler.errors import InvalidSpec, Io
 from reconciler.loop import Reconciler
-from reconciler.metrics import SPEC_VALID, STATE, MetricsServer, OneHotFamily, SeriesFamily
+from reconciler.metrics import (
+    SPEC_VALID,
+    STATE,
+    MetricsServer,
+    OneHotFamily,
+    SeriesFamily,
+    TextFamily,
+    WrittenFamily,
+)
 from reconciler.plan.rollout import Rejected
+from reconciler.source import SpecSource
 from tests.support import MARK_ENV, SESSION_MARK, eventually, marked_pids, new_reconciler
 
 STATES = {"starting", "running", "paused", "stopping", "stopped", "backoff", "failed"}
@@ -68,9 +79,6 @@ CONTRACT = {
 }
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-RUNNING_IS_READY = False
-"""Whether a running collector with no ``min_ready_seconds`` and no ``ready_check`` shows
-as ready. Not yet: the views do not compute readiness; True once they do (DESIGN §4)."""
 
 
 def spec(*argv: str, env: dict[str, str] | None = None, **keys: Any) -> str:
@@ -363,18 +371,63 @@ async def test_served_bytes_are_what_generate_latest_writes(harness: Harness) ->
             and s.value("reconciler_spec_valid", file='odd "name".toml') == 0
         )
     )
-    families = list(harness.server.registry.collect())
-    assert any(isinstance(family, SeriesFamily) for family in families)
+    # Twice: the second time most lines come from what the first one kept.
+    for _ in range(2):
+        families = list(harness.server.registry.collect())
+        assert any(isinstance(family, WrittenFamily) for family in families)
+        assert any(isinstance(family, SeriesFamily) for family in families)
+        fast = "".join(
+            family.text() if isinstance(family, TextFamily) else generate_latest_of(family)
+            for family in families
+        )
+        assert fast.encode() == generate_latest(Collected(families))
 
-    class Collected(Collector):
-        def collect(self) -> list[Metric]:
-            return families
 
-    fast = "".join(
-        family.text() if isinstance(family, SeriesFamily) else generate_latest_of(family)
-        for family in families
-    )
-    assert fast.encode() == generate_latest(Collected())
+class Collected(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+async def test_gzip_when_asked_and_the_same_text_as_plain(harness: Harness) -> None:
+    write(harness.specs / "a.toml", spec("/bin/sleep", "300"))
+    await harness.until(lambda s: s.value("reconciler_collector_up", id="a") == 1)
+    url = harness.base_url + "/metrics"
+
+    async def get(accept: str) -> tuple[str | None, bytes]:
+        headers = {"Accept-Encoding": accept}
+        async with harness.session.get(url, headers=headers, auto_decompress=False) as response:
+            assert response.status == 200
+            assert response.headers["Vary"] == "Accept-Encoding"
+            return response.headers.get("Content-Encoding"), await response.read()
+
+    bodies = []
+    for _ in range(3):  # the later ones reuse what the first one compressed
+        encoding, body = await get("gzip, deflate")
+        assert encoding == "gzip"
+        bodies.append(body)
+        # One gzip member, as a single-member reader (zlib's) reads it.
+        reader = zlib.decompressobj(wbits=31)
+        text = reader.decompress(body) + reader.flush()
+        assert reader.eof and reader.unused_data == b""
+        assert text == gzip.decompress(body)
+        scrape = Scrape(text.decode())
+        assert scrape.value("reconciler_collector_up", id="a") == 1
+    encoding, plain = await get("identity")
+    assert encoding is None
+    # Scrapes differ only in values that change with time (uptime, CPU, durations).
+    assert _shape(plain.decode()) == _shape(gzip.decompress(bodies[-1]).decode())
+    assert (await get("gzip;q=0"))[0] is None
+    assert (await get("*"))[0] == "gzip"
+
+
+def _shape(text: str) -> list[str]:
+    """The exposition's lines without their values."""
+    return [
+        line.rpartition(" ")[0] if not line.startswith("#") else line for line in text.splitlines()
+    ]
 
 
 def test_label_values_are_escaped_as_generate_latest_does() -> None:
@@ -608,9 +661,13 @@ async def test_ready_rejected_and_held_follow_the_views(
             and s.value("reconciler_collector_state", id="c", state="failed") == 1
         )
     )
-    # Every known collector has the series, a failed one included.
+    # Every known collector has the series, a failed one included, and it says
+    # what the views say (a running one with no readiness keys is ready once
+    # readiness is computed: end-to-end checks of that belong with rollouts).
     ready = scrape.labelled("reconciler_collector_ready", "id")
-    assert ready == {"a": float(RUNNING_IS_READY), "b": float(RUNNING_IS_READY), "c": 0}
+    views = {view.collector_id: view for view in harness.reconciler.views()}
+    assert ready == {cid: float(view.ready) for cid, view in views.items()}
+    assert set(ready) == {"a", "b", "c"} and ready["c"] == 0
     assert {s.labels["type"] for s in scrape.samples_named("reconciler_collector_ready")} == {
         "sleeper"
     }
@@ -623,7 +680,7 @@ async def test_ready_rejected_and_held_follow_the_views(
     real_views = harness.reconciler.views
     rejected_at = time.time()
 
-    def views(only: Any = None) -> list[Any]:
+    def patched_views(only: Any = None) -> list[Any]:
         result = []
         for view in real_views(only):
             if view.collector_id == "a":
@@ -633,12 +690,15 @@ async def test_ready_rejected_and_held_follow_the_views(
             elif view.collector_id == "b":
                 # No file name known: the label is still the file the id comes from.
                 view = dataclasses.replace(
-                    view, spec_file=None, rejected=Rejected("0123abcd", "crashed", rejected_at)
+                    view,
+                    ready=False,
+                    spec_file=None,
+                    rejected=Rejected("0123abcd", "crashed", rejected_at),
                 )
             result.append(view)
         return result
 
-    monkeypatch.setattr(harness.reconciler, "views", views)
+    monkeypatch.setattr(harness.reconciler, "views", patched_views)
     monkeypatch.setattr(Reconciler, "rollout_held", property(lambda self: True))
     scrape = await harness.scrape()
     assert scrape.labelled("reconciler_collector_ready", "id") == {"a": 1, "b": 0, "c": 0}
@@ -679,6 +739,93 @@ async def test_tree_memory_and_cpu_of_a_collector_with_children(harness: Harness
     values = [s.value("reconciler_collector_cpu_seconds_total", id="a") for s in cpu]
     assert all(v is not None for v in values)
     assert values == sorted(values)  # type: ignore[type-var]
+
+
+async def test_files_read_each_scrape_follow_the_processes_and_close_with_the_server(
+    harness: Harness,
+) -> None:
+    """The ``/proc`` and cgroup files a scrape reads stay open between scrapes: as many
+    as there are processes (and cgroups) now, however many have come and gone."""
+    write(harness.specs / "a.toml", spec("/bin/sh", "-c", "sleep 300 & sleep 300 & wait"))
+    write(harness.specs / "b.toml", spec("/bin/sleep", "300"))
+    await harness.until(
+        lambda s: (
+            s.value("reconciler_collector_up", id="a") == 1
+            and s.value("reconciler_collector_up", id="b") == 1
+        )
+    )
+    files = harness.server.collector.trees.files
+    per_run = 1 if harness.manager.cgroup_tracking else 0
+
+    async def settled() -> int:
+        await eventually(
+            lambda: len(harness.manager.tree_pids("a")) == 3, timeout=WAIT_SECONDS, message="3"
+        )
+        await harness.scrape()
+        return len(files)
+
+    assert await settled() == 3 + 1 + 2 * per_run
+    for restarts in (1, 2, 3):
+        os.kill(harness.pid("a"), signal.SIGKILL)
+        await harness.until(
+            lambda s, n=restarts: (
+                s.value("reconciler_collector_restarts_total", id="a") == n
+                and s.value("reconciler_collector_up", id="a") == 1
+            )
+        )
+        # The killed shell's children are gone with its cgroup, or linger as orphans
+        # outside it: either way they are not the collector's any more.
+        assert await settled() == 3 + 1 + 2 * per_run
+    kept = list(files.kept.values())
+    links = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in kept}
+    assert all(link.endswith("/stat") or "cgroup" in link for link in links.values()), links
+    await harness.server.stop()
+    assert len(files) == 0
+    for fd, link in links.items():
+        with contextlib.suppress(FileNotFoundError):
+            assert os.readlink(f"/proc/self/fd/{fd}") != link, "kept file not closed"
+
+
+async def test_tree_memory_without_cgroups(tmp_path: Path) -> None:
+    """Without a cgroup per run the trees are the process groups the driver finds."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    manager = CollectorProcessManager(
+        ProcessManagerConfig(default_graceful_timeout_seconds=2),
+        log_dir=tmp_path / "logs",
+        cgroups=False,
+    )
+    reconciler = Reconciler(source=SpecSource(specs), manager=manager)
+    server = MetricsServer(reconciler, address="127.0.0.1:0")
+    host, port = await server.start()
+    session = aiohttp.ClientSession()
+    harness = Harness(
+        specs=specs,
+        reconciler=reconciler,
+        server=server,
+        session=session,
+        base_url=f"http://{host}:{port}",
+    )
+    try:
+        await harness.start_loop()
+        write(specs / "a.toml", spec("/bin/sh", "-c", "sleep 300 & sleep 300 & wait"))
+        await harness.until(lambda s: s.value("reconciler_collector_up", id="a") == 1)
+        assert not manager.cgroup_tracking
+        await eventually(
+            lambda: len(manager.tree_pids("a")) == 3, timeout=WAIT_SECONDS, message="3 pids"
+        )
+        scrape = await harness.scrape()
+        rss = scrape.value("reconciler_collector_resident_memory_bytes", id="a")
+        main_rss = int(Path(f"/proc/{harness.pid('a')}/statm").read_text().split()[1])
+        assert rss is not None and rss > main_rss * os.sysconf("SC_PAGE_SIZE") > 0
+        assert len(server.collector.trees.files) == 3
+    finally:
+        try:
+            await harness.stop_loop()
+            await manager.shutdown_all()
+        finally:
+            await session.close()
+            await server.stop()
 
 
 async def test_cpu_counter_counts_exited_children_once_and_survives_a_restart(

@@ -1,0 +1,257 @@
+"""Each collector's lines of the exposition, kept from scrape to scrape (``CollectorBlocks``).
+
+At 1000 collectors a scrape writes ~23 000 lines, and writing them was a
+third of what a scrape cost. Between two scrapes a collector's state,
+desired state, health, start time, restarts, exit code, applied hash and
+readiness seldom change; its uptime always does, its CPU and memory while it
+works. So each collector keeps a block: its lines of each of the thirteen
+per-collector families and the values they were written from. A scrape
+gives each collector's values (``add``: its ``Static`` values and the four
+that move), the block rewrites the lines whose values differ (the uptime's
+every time), and ``families()`` joins each family's lines in collector order.
+The bytes are those ``generate_latest`` writes for the same samples (tested);
+the samples themselves are made only when something asks.
+
+A scrape of an idle fleet makes no new object per collector that outlives
+the comparison (the values of a scrape are kept in a few flat lists): what a
+scrape leaves alive is what the garbage collector traces and promotes, and
+at 100 000 long-lived objects a full collection costs ~40 ms.
+
+Used by ``ReconcilerCollector``, in the event-loop thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from prometheus_client.samples import Sample
+
+from reconciler.metrics.families import (
+    APPLIED_SPEC,
+    BACKOFF,
+    CPU,
+    DESIRED_STATE,
+    HEALTH,
+    LAST_EXIT_CODE,
+    MEMORY,
+    READY,
+    RESTARTS,
+    START_TIME,
+    STATE,
+    UP,
+    UPTIME,
+    Family,
+    WrittenFamily,
+    escape_label_value,
+    one_hot_lines,
+    value_text,
+)
+from reconciler.state import CollectorState, DesiredState, HealthStatus
+
+
+class Static(NamedTuple):
+    """What one collector's lines but four are written from; equal until something happens."""
+
+    collector_id: str
+    collector_type: str
+    state: str
+    desired: str
+    health: str
+    up: int
+    start_time: float | None
+    """``None``: no process (the series is absent, not 0)."""
+    restarts: int
+    last_exit_code: int | None
+    applied_hash: str | None
+    ready: int
+
+
+STATES = tuple(state.value for state in CollectorState)
+DESIRED = tuple(state.value for state in DesiredState)
+HEALTHS = tuple(health.value for health in HealthStatus)
+
+# The per-collector families, in exposition order, with the value each shows
+# (a ``Static`` field, or one of the four that move) and, for a state set, its choices.
+_LAYOUT: tuple[tuple[Family, str, tuple[str, ...] | None], ...] = (
+    (STATE, "state", STATES),
+    (DESIRED_STATE, "desired", DESIRED),
+    (UP, "up", None),
+    (HEALTH, "health", HEALTHS),
+    (UPTIME, "uptime_seconds", None),
+    (START_TIME, "start_time", None),
+    (RESTARTS, "restarts", None),
+    (LAST_EXIT_CODE, "last_exit_code", None),
+    (BACKOFF, "backoff_seconds", None),
+    (CPU, "cpu_seconds", None),
+    (MEMORY, "rss_bytes", None),
+    (APPLIED_SPEC, "applied_hash", None),
+    (READY, "ready", None),
+)
+_MOVING = ("uptime_seconds", "backoff_seconds", "cpu_seconds", "rss_bytes")
+_SLOT = {field: slot for slot, (_, field, _) in enumerate(_LAYOUT)}
+_UPTIME, _BACKOFF, _CPU, _MEMORY = (
+    _SLOT[name] for name in ("uptime_seconds", "backoff_seconds", "cpu_seconds", "rss_bytes")
+)
+_ONE_HOT = {
+    slot: one_hot_lines(family, choices)
+    for slot, (family, _, choices) in enumerate(_LAYOUT)
+    if choices is not None
+}
+
+
+def _prefix(family: Family, collector_id: str, collector_type: str) -> str:
+    """``name{id="…",type="…"} ``: a line of ``family`` up to its value."""
+    return family.template.format(collector_id, collector_type, "")[:-1]
+
+
+class _Block:
+    """One collector's lines, one per family ("" where it has no sample)."""
+
+    __slots__ = ("backoff", "cpu", "key", "lines", "prefixes", "rss")
+
+    def __init__(self) -> None:
+        self.key: Static | None = None
+        self.lines = [""] * len(_LAYOUT)
+        self.prefixes: tuple[str, str, str, str] = ("", "", "", "")
+        self.backoff: float | None = None
+        self.cpu: float | None = None
+        self.rss: float | None = None
+
+    def write_static(self, key: Static) -> None:
+        """Every line but the four that move, from ``key``."""
+        cid, ctype = escape_label_value(key.collector_id), escape_label_value(key.collector_type)
+        lines = self.lines
+        for slot, (family, field, _) in enumerate(_LAYOUT):
+            if field in _MOVING:
+                continue
+            value = getattr(key, field)
+            if slot in _ONE_HOT:
+                lines[slot] = _ONE_HOT[slot][value](cid, ctype)
+            elif value is None:
+                lines[slot] = ""
+            elif family is APPLIED_SPEC:
+                lines[slot] = family.template.format(cid, ctype, escape_label_value(value), "1.0")
+            else:
+                lines[slot] = family.template.format(cid, ctype, value_text(value))
+        self.prefixes = (
+            _prefix(UPTIME, cid, ctype),
+            _prefix(BACKOFF, cid, ctype),
+            _prefix(CPU, cid, ctype),
+            _prefix(MEMORY, cid, ctype),
+        )
+        # The labels may have changed (a new type): write the others again too.
+        self.backoff = self.cpu = self.rss = None
+        self.key = key
+
+
+class CollectorBlocks:
+    """The blocks of every known collector; a collector's goes with it.
+
+    Per scrape: ``add()`` for each collector in exposition order, then
+    ``families()``.
+    """
+
+    def __init__(self) -> None:
+        self._blocks: dict[str, _Block] = {}
+        self.rewritten = 0
+        """Blocks whose kept lines were written again at the last scrape (for benchmarks)."""
+        self._start_scrape()
+
+    def _start_scrape(self) -> None:
+        self._lines: list[list[str]] = []
+        self._keys: list[Static] = []
+        self._moving: tuple[list[float], list[float], list[float], list[float]] = (
+            [], [], [], []
+        )  # fmt: skip
+        self._rewritten = 0
+
+    def add(
+        self,
+        key: Static,
+        *,
+        uptime_seconds: float,
+        backoff_seconds: float,
+        cpu_seconds: float,
+        rss_bytes: float,
+    ) -> None:
+        """One collector's values at this scrape."""
+        block = self._blocks.get(key.collector_id)
+        if block is None:
+            block = self._blocks[key.collector_id] = _Block()
+        kept = block.key
+        if kept is None or key != kept:
+            block.write_static(key)
+            self._rewritten += 1
+        else:
+            key = kept  # the block's, not the caller's equal one: nothing new is kept alive
+        lines = block.lines
+        uptime, backoff, cpu, memory = block.prefixes
+        lines[_UPTIME] = f"{uptime}{value_text(uptime_seconds)}\n"
+        if backoff_seconds != block.backoff:
+            block.backoff = backoff_seconds
+            lines[_BACKOFF] = f"{backoff}{value_text(backoff_seconds)}\n"
+        if cpu_seconds != block.cpu:
+            block.cpu = cpu_seconds
+            lines[_CPU] = f"{cpu}{value_text(cpu_seconds)}\n"
+        if rss_bytes != block.rss:
+            block.rss = rss_bytes
+            lines[_MEMORY] = f"{memory}{value_text(rss_bytes)}\n"
+        self._lines.append(lines)
+        self._keys.append(key)
+        moving = self._moving
+        moving[0].append(uptime_seconds)
+        moving[1].append(backoff_seconds)
+        moving[2].append(cpu_seconds)
+        moving[3].append(rss_bytes)
+
+    def families(self) -> list[WrittenFamily]:
+        """The thirteen per-collector families of DESIGN §9 for this scrape's collectors."""
+        blocks, lines_of, keys, moving = self._blocks, self._lines, self._keys, self._moving
+        if len(blocks) > len(keys):
+            known = {key.collector_id for key in keys}
+            for gone in [cid for cid in blocks if cid not in known]:
+                del blocks[gone]
+        self.rewritten = self._rewritten
+        self._start_scrape()
+        return [
+            WrittenFamily(
+                family,
+                text=family.header + "".join([lines[slot] for lines in lines_of]),
+                samples=_sampler(slot, keys, moving),
+            )
+            for slot, (family, _, _) in enumerate(_LAYOUT)
+        ]
+
+
+def _sampler(
+    slot: int, keys: Sequence[Static], moving: tuple[Sequence[float], ...]
+) -> Callable[[], list[Sample]]:
+    """The samples of one family, as ``generate_latest`` would be given them."""
+    family, field, choices = _LAYOUT[slot]
+    name, label_names = family.sample_name, family.labels
+
+    def samples() -> list[Sample]:
+        values: Sequence[Any] = (
+            moving[_MOVING.index(field)]
+            if field in _MOVING
+            else [getattr(key, field) for key in keys]
+        )
+        result: list[Sample] = []
+        for key, value in zip(keys, values, strict=True):
+            ids = {"id": key.collector_id, "type": key.collector_type}
+            if choices is not None:
+                choice_label = label_names[-1]
+                result.extend(
+                    Sample(name, {**ids, choice_label: choice}, int(choice == value))
+                    for choice in choices
+                )
+            elif value is None:
+                continue
+            elif family is APPLIED_SPEC:
+                result.append(Sample(name, {**ids, "hash": value}, 1))
+            else:
+                result.append(Sample(name, ids, value))
+        return result
+
+    return samples

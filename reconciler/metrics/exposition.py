@@ -1,0 +1,86 @@
+"""The body of ``GET /metrics`` from the families' texts: plain or gzip (``Exposition``).
+
+Prometheus asks for gzip. Compressing the ~1.9 MB exposition of 1000
+collectors anew took ~10 ms a scrape, though most of it is the same text as
+at the last scrape: only the uptime family always changes. So each family's
+text is encoded, and compressed, once per content: a family whose text is
+equal to the last scrape's reuses its bytes and its compressed bytes.
+
+A gzip body is one gzip member whose deflate stream is the families'
+compressed texts one after the other. Each is compressed on its own (a fresh
+compressor, so no back-reference reaches into another's text) and ends with
+a sync flush (an empty stored block, byte-aligned), so they join into one
+valid stream; an empty final block ends it. The trailer's CRC-32 is of the
+whole text (~0.5 ms at 1.9 MB). Any gzip reader reads it as one member: no
+multi-member tricks, which some clients mishandle.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+
+COMPRESSION_LEVEL = 6
+"""zlib's default, what aiohttp used."""
+_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+"""Magic, deflate, no flags, no mtime, no extra flags, OS unknown (RFC 1952)."""
+_FINAL_BLOCK = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS).flush()
+"""An empty final deflate block: the end of the stream."""
+
+
+class _Part:
+    __slots__ = ("data", "deflated", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.data = text.encode()
+        self.deflated: bytes | None = None
+
+    def deflate(self) -> bytes:
+        if self.deflated is None:
+            compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+            self.deflated = compressor.compress(self.data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        return self.deflated
+
+
+class Exposition:
+    """Encodes a scrape's family texts, reusing what is unchanged since the last one."""
+
+    def __init__(self) -> None:
+        self._parts: list[_Part] = []
+        self.reused = 0
+        """Parts of the last body that were not encoded again (for benchmarks)."""
+
+    def _update(self, texts: Sequence[str]) -> list[_Part]:
+        old, parts, reused = self._parts, [], 0
+        for index, text in enumerate(texts):
+            # Kept by position: the families come in the same order each scrape.
+            part = old[index] if index < len(old) else None
+            if part is not None and (part.text is text or part.text == text):
+                reused += 1
+            else:
+                part = _Part(text)
+            parts.append(part)
+        self._parts, self.reused = parts, reused
+        return parts
+
+    def plain(self, texts: Sequence[str]) -> bytes:
+        """The text exposition: the texts joined, as UTF-8."""
+        return b"".join([part.data for part in self._update(texts)])
+
+    def gzip(self, texts: Sequence[str]) -> bytes:
+        """``plain(texts)`` gzip-compressed (``Content-Encoding: gzip``)."""
+        parts = self._update(texts)
+        crc, size = 0, 0
+        for part in parts:
+            crc = zlib.crc32(part.data, crc)
+            size += len(part.data)
+        return b"".join(
+            [
+                _HEADER,
+                *[part.deflate() for part in parts],
+                _FINAL_BLOCK,
+                struct.pack("<II", crc, size & 0xFFFFFFFF),
+            ]
+        )

@@ -150,8 +150,9 @@ def _breakdown(server: MetricsServer, rounds: int = 5) -> dict[str, float]:
         for name, seconds in zip(timings, steps, strict=True):
             timings[name].append(seconds)
     print(
-        f"  (blocks rewritten at the last collect: {collector.blocks.rewritten}; "
-        f"files kept open: {len(collector.trees.files)})"
+        f"  (at the last collect: blocks rewritten {collector.blocks.rewritten}, families "
+        f"joined {collector.blocks.rejoined}, texts re-encoded "
+        f"{len(texts) - gzipped.reused}/{len(texts)}; files kept open {len(collector.trees.files)})"
     )
     return {name: statistics.median(values) for name, values in timings.items()}
 

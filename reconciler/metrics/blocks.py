@@ -93,6 +93,7 @@ _SLOT = {field: slot for slot, (_, field, _) in enumerate(_LAYOUT)}
 _UPTIME, _BACKOFF, _CPU, _MEMORY = (
     _SLOT[name] for name in ("uptime_seconds", "backoff_seconds", "cpu_seconds", "rss_bytes")
 )
+_ALL_CHANGED = [True] * len(_LAYOUT)
 _ONE_HOT = {
     slot: one_hot_lines(family, choices)
     for slot, (family, _, choices) in enumerate(_LAYOUT)
@@ -156,6 +157,11 @@ class CollectorBlocks:
         self._blocks: dict[str, _Block] = {}
         self.rewritten = 0
         """Blocks whose kept lines were written again at the last scrape (for benchmarks)."""
+        self.rejoined = 0
+        """Families whose text was joined anew at the last scrape (for benchmarks)."""
+        self._texts: list[str | None] = [None] * len(_LAYOUT)
+        """Each family's text at the last scrape."""
+        self._last_lines: list[list[str]] = []
         self._start_scrape()
 
     def _start_scrape(self) -> None:
@@ -165,6 +171,8 @@ class CollectorBlocks:
             [], [], [], []
         )  # fmt: skip
         self._rewritten = 0
+        self._changed = [False] * len(_LAYOUT)
+        """Whether a line of that family was written at this scrape."""
 
     def add(
         self,
@@ -179,24 +187,29 @@ class CollectorBlocks:
         block = self._blocks.get(key.collector_id)
         if block is None:
             block = self._blocks[key.collector_id] = _Block()
-        kept = block.key
+        kept, changed = block.key, self._changed
         if kept is None or key != kept:
             block.write_static(key)
             self._rewritten += 1
+            changed[:] = _ALL_CHANGED
         else:
             key = kept  # the block's, not the caller's equal one: nothing new is kept alive
         lines = block.lines
         uptime, backoff, cpu, memory = block.prefixes
         lines[_UPTIME] = f"{uptime}{value_text(uptime_seconds)}\n"
+        changed[_UPTIME] = True
         if backoff_seconds != block.backoff:
             block.backoff = backoff_seconds
             lines[_BACKOFF] = f"{backoff}{value_text(backoff_seconds)}\n"
+            changed[_BACKOFF] = True
         if cpu_seconds != block.cpu:
             block.cpu = cpu_seconds
             lines[_CPU] = f"{cpu}{value_text(cpu_seconds)}\n"
+            changed[_CPU] = True
         if rss_bytes != block.rss:
             block.rss = rss_bytes
             lines[_MEMORY] = f"{memory}{value_text(rss_bytes)}\n"
+            changed[_MEMORY] = True
         self._lines.append(lines)
         self._keys.append(key)
         moving = self._moving
@@ -212,16 +225,21 @@ class CollectorBlocks:
             known = {key.collector_id for key in keys}
             for gone in [cid for cid in blocks if cid not in known]:
                 del blocks[gone]
+        # The same blocks in the same order (a list of the same lists) and no
+        # line of a family written: its text is the last scrape's, not joined again.
+        same_collectors = lines_of == self._last_lines
+        changed, texts = self._changed, self._texts
+        result = []
+        for slot, (family, _, _) in enumerate(_LAYOUT):
+            text = texts[slot]
+            if text is None or changed[slot] or not same_collectors:
+                text = texts[slot] = family.header + "".join([lines[slot] for lines in lines_of])
+            result.append(WrittenFamily(family, text=text, samples=_sampler(slot, keys, moving)))
+        self.rejoined = sum(changed) if same_collectors else len(_LAYOUT)
         self.rewritten = self._rewritten
+        self._last_lines = lines_of
         self._start_scrape()
-        return [
-            WrittenFamily(
-                family,
-                text=family.header + "".join([lines[slot] for lines in lines_of]),
-                samples=_sampler(slot, keys, moving),
-            )
-            for slot, (family, _, _) in enumerate(_LAYOUT)
-        ]
+        return result
 
 
 def _sampler(

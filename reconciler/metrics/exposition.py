@@ -30,12 +30,14 @@ _FINAL_BLOCK = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -zlib.MAX_WBIT
 
 
 class _Part:
-    __slots__ = ("data", "deflated", "text")
+    __slots__ = ("crc_through", "data", "deflated", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.data = text.encode()
         self.deflated: bytes | None = None
+        self.crc_through: int | None = None
+        """CRC-32 of the text of every part up to this one, when last computed."""
 
     def deflate(self) -> bytes:
         if self.deflated is None:
@@ -72,9 +74,16 @@ class Exposition:
     def gzip(self, texts: Sequence[str]) -> bytes:
         """``plain(texts)`` gzip-compressed (``Content-Encoding: gzip``)."""
         parts = self._update(texts)
-        crc, size = 0, 0
+        crc, size, cached = 0, 0, True
         for part in parts:
-            crc = zlib.crc32(part.data, crc)
+            # While every part so far has its CRC-through, so has this one, from the
+            # same parts before it: a new part has none, and the parts after it
+            # get theirs computed again, here, after it.
+            if cached and part.crc_through is not None:
+                crc = part.crc_through
+            else:
+                cached = False
+                crc = part.crc_through = zlib.crc32(part.data, crc)
             size += len(part.data)
         return b"".join(
             [

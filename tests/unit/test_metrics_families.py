@@ -96,6 +96,7 @@ def test_blocks_write_what_generate_latest_writes_scrape_after_scrape() -> None:
         blocks, [(a, 11.0, 0.0, 0.5, 4e6), (b, 0.0, 1.5, 1.0, 0.0), (c, 2.0, 0, 0, 0)]
     )
     assert blocks.rewritten == 0
+    assert blocks.rejoined == 2, "only the uptime and backoff families are joined again"
     assert first != second
     # A crash: new state, exit code, restart count; a new type relabels every line of c.
     a2 = static("a", state="starting", up=0, restarts=1, last_exit_code=-9, ready=0)
@@ -171,6 +172,17 @@ def test_gzip_is_the_plain_text_as_one_member(change: str, reused: int) -> None:
     assert reader.eof and reader.unused_data == b""
     assert exposition.plain(texts) == "".join(texts).encode()
     assert exposition.reused == len(texts)
+
+
+def test_gzip_after_plain_bodies_that_changed_an_earlier_part() -> None:
+    """The CRC kept for a part is that of the parts before it when it was computed."""
+    exposition = Exposition()
+    first, second, third = ["a\n", "b\n", "c\n"], ["A\n", "b\n", "c\n"], ["a\n", "b\n", "C\n"]
+    for texts in (first, second, first, third, third, second, first):
+        for encode in (exposition.plain, exposition.gzip, exposition.plain, exposition.gzip):
+            body = encode(texts)
+            plain = gzip.decompress(body) if encode == exposition.gzip else body
+            assert plain == "".join(texts).encode()
 
 
 def test_kept_files_read_anew_and_close_what_is_not_read(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from reconciler.source import SpecSnapshot, SpecSource
 from reconciler.spec.identity import process_hash, spec_hash
 from reconciler.spec.load import collector_id_from_filename, parse_spec
 from reconciler.spec.models import CollectorConfig, CollectorSpec
+from reconciler.spec.order import after_problems
 from reconciler.state import CollectorState, CollectorStatus, DesiredState
 
 __all__ = [
@@ -133,6 +134,9 @@ def desired_from_files(files: Mapping[str, bytes]) -> dict[str, Desired]:
             problems.extend(exc.problems)
             continue
         result[collector_id] = Desired(spec, spec_hash(spec), process_hash(spec))
+    known = {name.removesuffix(".toml").rpartition("/")[2] for name in files}
+    graph = after_problems({cid: d.spec.after for cid, d in result.items()}, known=known)
+    problems.extend(problem for _cid, problem in sorted(graph.items()))
     if problems:
         raise InvalidSpec("; ".join(problems), problems=problems)
     return result

@@ -157,6 +157,15 @@ class RolloutFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutDone:
+    """Ready at the end of its rollout: the content is the collector's last ready spec."""
+
+    collector_id: str
+    spec_hash: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Hold:
     """An action that must wait for other collectors: ``after``, a wave, a held rollout."""
 
@@ -183,10 +192,11 @@ Action = (
     | Ready
     | Rollback
     | RolloutFailed
+    | RolloutDone
     | Hold
 )
 
-NOTES = (Wait, GiveUp, Ready, RolloutFailed)
+NOTES = (Wait, GiveUp, Ready, RolloutFailed, RolloutDone)
 """Decisions that need no effect on a process: recorded at once, not run as a task."""
 
 FREEING_ACTIONS = (Stop, Forget, Restart, Rollback)
@@ -204,6 +214,7 @@ ORDER = {
     Wait: 8,
     Ready: 2,
     RolloutFailed: 2,
+    RolloutDone: 2,
     Rollback: 5,
     Hold: 9,
 }
@@ -222,6 +233,7 @@ _TEMPLATES: dict[type, str] = {
     Ready: "mark {id} ready ({reason})",
     Rollback: "roll back {id} ({reason})",
     RolloutFailed: "rollout of {id} failed ({reason})",
+    RolloutDone: "rollout of {id} done ({reason})",
 }
 
 
@@ -249,4 +261,6 @@ def kind(action: Action) -> str:
         return "restart"
     if isinstance(action, RolloutFailed):
         return "rollout_failed"
+    if isinstance(action, RolloutDone):
+        return "rollout_done"
     return type(action).__name__.lower()

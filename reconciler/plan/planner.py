@@ -41,6 +41,7 @@ from reconciler.plan.actions import (
     Restart,
     Resume,
     Rollback,
+    RolloutDone,
     RolloutFailed,
     Start,
     Stop,
@@ -119,6 +120,8 @@ class Observed:
     """A rollout under way (or failed and not rolled back)."""
     rejected: Rejected | None = None
     """Content rolled back after a failed rollout: while its file says it, the good spec runs."""
+    last_error: str | None = None
+    """Its last error, for what a failed rollout says."""
 
 
 _HAS_PROCESS = frozenset({CollectorState.RUNNING, CollectorState.PAUSED, CollectorState.STARTING})
@@ -273,11 +276,11 @@ def _live(case: _Case, defaults: ProcessManagerConfig) -> Action | None:
 
 
 def _rolling(case: _Case) -> Rollout | None:
-    """The rollout of the desired content, while it is under way (not failed, not ready)."""
+    """The open rollout of the desired content (not failed)."""
     rollout = case.observed.rollout
     if rollout is None or rollout.failed or rollout.spec_hash != case.desired.spec_hash:
         return None
-    return None if case.observed.ready else rollout
+    return rollout
 
 
 def _deadline(case: _Case, rollout: Rollout | None) -> float | None:
@@ -286,33 +289,39 @@ def _deadline(case: _Case, rollout: Rollout | None) -> float | None:
     return rollout.since + case.desired.spec.rollout_timeout_seconds
 
 
-def _rollout_failure(
+def _rollout_end(
     case: _Case, rollout: Rollout, settings: RolloutSettings, now: float
 ) -> Action | None:
-    """A rollout not ready by its deadline, or given up on: roll back, or record the failure."""
+    """A rollout at its deadline: done if ready, else failed; given up on: failed at once.
+
+    A failed one rolls back to the spec that was ready when it began (with
+    ``rollback``), or is recorded as failed.
+    """
     observed, spec = case.observed, case.desired.spec
     gave_up = observed.gave_up or observed.state == CollectorState.FAILED
     deadline = rollout.since + spec.rollout_timeout_seconds
     if not gave_up and now < deadline:
         return None
-    if gave_up:
-        why = (
-            f"gave up before it was ready ({observed.exit.description})"
-            if observed.exit
-            else ("gave up before it was ready")
+    if not gave_up and observed.ready:
+        return RolloutDone(
+            case.collector_id,
+            case.desired.spec_hash,
+            f"ready through rollout_timeout_seconds = {spec.rollout_timeout_seconds:g}",
         )
+    last = f" (last: {observed.exit.description})" if observed.exit is not None else ""
+    if gave_up:
+        why = f"failed before it was ready ({observed.last_error or 'gave up'})"
     else:
         why = f"not ready within rollout_timeout_seconds = {spec.rollout_timeout_seconds:g}"
-        if observed.exit is not None:
-            why += f" (last: {observed.exit.description})"
+        why += last
     rollback = settings.rollback if spec.rollback is None else spec.rollback
-    good = observed.good
-    if rollback and good is not None and good.spec_hash != case.desired.spec_hash:
+    target = rollout.back_to
+    if rollback and target is not None and target.spec_hash != case.desired.spec_hash:
         return Rollback(
             case.collector_id,
-            good.spec,
-            good.spec_hash,
-            good.process_hash,
+            target.spec,
+            target.spec_hash,
+            target.process_hash,
             case.desired.spec_hash,
             f"rollout {why}; back to the last ready spec",
         )
@@ -395,14 +404,22 @@ def _plan_one(
         return Stop(collector_id, reason)
     rollout = _rolling(case)
     if rollout is not None and not spec_changed:
-        failure = _rollout_failure(case, rollout, settings, now)
-        if failure is not None:
-            return failure
-    action = _decide(case, defaults, now)
+        end = _rollout_end(case, rollout, settings, now)
+        if end is not None:
+            return end
+    action = _decide(case, defaults, now) or _readiness(case, rollout, now)
+    return _until_deadline(case, action, rollout)
+
+
+def _until_deadline(case: _Case, action: Action | None, rollout: Rollout | None) -> Action | None:
+    """An open rollout looks again at its deadline, whatever else it waits for."""
+    deadline = _deadline(case, rollout)
+    if deadline is None:
+        return action
     if action is None:
-        return _readiness(case, rollout, now)
-    if isinstance(action, Wait) and rollout is not None:
-        return replace(action, recheck=_deadline(case, rollout))
+        return Wait(case.collector_id, deadline, "rollout under way", 0, backoff=False)
+    if isinstance(action, Wait):
+        return replace(action, recheck=deadline)
     return action
 
 
@@ -465,7 +482,7 @@ def _gate(
         if isinstance(action, Restart) and settings.max_unavailable > 0:
             seen = observed.get(cid)
             if seen is not None and seen.state in (CollectorState.RUNNING, CollectorState.PAUSED):
-                if _rolling_self(seen, action) is None:
+                if not _unavailable(seen):  # already down: another restart costs nothing
                     restarts.append(action)
                     continue
         result.append(action)
@@ -497,10 +514,13 @@ def _dependents_going_down(
     return going
 
 
-def _rolling_self(observed: Observed, action: Restart) -> Rollout | None:
-    """The collector is already down for a rollout of its own: another restart costs nothing."""
+def _unavailable(observed: Observed) -> bool:
+    """Restarted for an open rollout and not ready now, or crashed since it began: one of
+    ``max_unavailable`` (a crash loop is down, even while one of its runs is up)."""
     rollout = observed.rollout
-    return rollout if rollout is not None and rollout.unavailable else None
+    if rollout is None or not rollout.unavailable or rollout.failed:
+        return False
+    return not observed.ready or observed.consecutive_restarts > 0
 
 
 def _waves(
@@ -514,7 +534,7 @@ def _waves(
     failed: list[str] = []
     for cid, seen in observed.items():
         rollout = seen.rollout
-        if rollout is not None and rollout.unavailable and not rollout.failed:
+        if _unavailable(seen):
             restarting += 1
         d = desired.get(cid)
         if d is None:
@@ -599,4 +619,12 @@ def converged(desired: Desired, observed: Observed | None, override: Override | 
         return False
     if want == DesiredState.RUNNING and not observed.ready:
         return False
+    rollout = observed.rollout
+    if (
+        rollout is not None
+        and not rollout.failed
+        and rollout.spec_hash == desired.spec_hash
+        and observed.consecutive_restarts > 0
+    ):
+        return False  # crashed since its rollout began: ready now, maybe not for long
     return observed.state.value == want.value

@@ -12,6 +12,10 @@ collectors in waves, held while a failed rollout is outstanding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reconciler.plan.planner import Desired
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,15 +30,23 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class Rollout:
-    """A start or restart of spec content not yet seen ready: under way until it is ready."""
+    """A start or restart of new spec content: open until ``rollout_timeout_seconds`` ends.
+
+    Ready then, it is done and the content is the collector's last ready spec;
+    not ready then (or given up on before), it has failed. While open, a
+    collector that is not ready counts against ``max_unavailable``; a ready
+    one does not, so the next wave starts once this one is ready.
+    """
 
     spec_hash: str
     since: float
     """Clock time it began."""
     unavailable: bool
-    """A running process was stopped for it: it counts against ``max_unavailable``."""
+    """A running process was stopped for it (a restart, not a first start)."""
+    back_to: Desired | None = None
+    """The last ready spec when it began: what a rollback runs again."""
     failed: bool = False
-    """Not ready within ``rollout_timeout_seconds`` (or given up), and not rolled back."""
+    """Not ready by its deadline (or given up on), and not rolled back."""
 
 
 @dataclass(frozen=True, slots=True)

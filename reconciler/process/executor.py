@@ -38,6 +38,7 @@ from reconciler.plan.actions import (
     Restart,
     Resume,
     Rollback,
+    RolloutDone,
     RolloutFailed,
     Start,
     Stop,
@@ -227,15 +228,15 @@ class Executor:
                         self.forget_locked(record)
                 case Rollback():
                     await self._rollback(action, self._need(record))
-                case Wait() | GiveUp() | Ready() | RolloutFailed():
+                case Wait() | GiveUp() | Ready() | RolloutFailed() | RolloutDone():
                     self.note(action)
 
-    def note(self, action: Wait | GiveUp | Ready | RolloutFailed) -> None:
+    def note(self, action: Wait | GiveUp | Ready | RolloutFailed | RolloutDone) -> None:
         """Record a decision that needs no effect: a backoff wait, giving up, readiness."""
         record = self.records.get(action.collector_id)
         if record is None:
             return
-        if isinstance(action, Ready | RolloutFailed):
+        if isinstance(action, Ready | RolloutFailed | RolloutDone):
             self._note_rollout(record, action)
             return
         if record.run is not None:
@@ -257,22 +258,31 @@ class Executor:
             record.error(action.reason, record.last_error_code)
         self.emit(record, "stopped" if action.clean else "failed", action.reason)
 
-    def _note_rollout(self, record: CollectorRecord, action: Ready | RolloutFailed) -> None:
+    def _note_rollout(
+        self, record: CollectorRecord, action: Ready | RolloutFailed | RolloutDone
+    ) -> None:
         run, applied, rollout = record.run, record.applied, record.rollout
-        if isinstance(action, RolloutFailed):
-            if rollout is None or rollout.failed or rollout.spec_hash != action.spec_hash:
+        mine = rollout is not None and not rollout.failed and rollout.spec_hash == action.spec_hash
+        if isinstance(action, RolloutFailed | RolloutDone):
+            if not mine or rollout is None:
                 return
-            record.rollout = replace(rollout, failed=True)
-            self.emit(record, "rollout_failed", action.reason)
+            if isinstance(action, RolloutFailed):
+                record.rollout = replace(rollout, failed=True)
+                self.emit(record, "rollout_failed", action.reason)
+                return
+            record.rollout = None
+            if applied is not None and applied.spec_hash == action.spec_hash:
+                record.good = _desired(applied)
+            self.emit(record, "rollout_done", f"rollout done: {action.reason}")
             return
         if run is None or applied is None or applied.spec_hash != action.spec_hash:
             return
         record.ready_run = run
-        record.good = Desired(applied.spec, applied.spec_hash, applied.process_hash)
-        ended = rollout is not None and rollout.spec_hash == action.spec_hash
-        if ended:
-            record.rollout = None
-        if action.announce or ended:
+        if not mine:
+            # Outside a rollout, ready is proof enough; a rollout's content is the last
+            # ready spec only once the rollout is done.
+            record.good = _desired(applied)
+        if action.announce or mine:
             self.emit(record, "ready", f"ready (pid {run.pid}): {action.reason}")
         else:
             record.changed()
@@ -280,17 +290,27 @@ class Executor:
     def _begin_rollout(self, action: Start | Restart, record: CollectorRecord | None) -> None:
         """A start of content never seen ready: a rollout until it is (set before any await,
         so the next pass already counts it against ``max_unavailable``)."""
+        open_ = record.rollout if record is not None else None
         if not action.rollout:
+            if open_ is not None and open_.spec_hash != action.spec_hash and record is not None:
+                record.rollout = None  # other content (a revert) ends it
             return
         record = self.record_for(
             action.collector_id, action.spec.type, self.configure(action.collector_id, action.spec)
         )
+        applied = record.applied
+        if open_ is not None and record.ready and applied is not None:
+            if applied.spec_hash == open_.spec_hash and not open_.failed:
+                record.good = _desired(applied)  # ready when the next push came: it was good
+        if record.rejected is not None and record.rejected.spec_hash != action.spec_hash:
+            record.rejected = None  # other content rolls out: that rejection is over
         unavailable = isinstance(action, Restart) and record.run is not None
-        record.rollout = Rollout(action.spec_hash, self.clock.now(), unavailable)
+        record.rollout = Rollout(action.spec_hash, self.clock.now(), unavailable, record.good)
 
     async def _rollback(self, action: Rollback, record: CollectorRecord) -> None:
         record.rejected = Rejected(action.rejected_hash, action.reason, time.time())
         record.rollout = None
+        record.good = Desired(action.spec, action.spec_hash, action.process_hash)
         self.emit(record, "rollback", action.reason)
         if record.run is not None:
             await self.stop_locked(record, graceful=True, timeout=None)
@@ -655,6 +675,10 @@ class Executor:
 
     def owned_runs(self) -> list[Run]:
         return [r.run for r in self.records.values() if r.run is not None]
+
+
+def _desired(applied: Applied) -> Desired:
+    return Desired(applied.spec, applied.spec_hash, applied.process_hash)
 
 
 async def _first_of(*futures: asyncio.Future[Any]) -> None:

@@ -96,6 +96,7 @@ class CollectorRecord:
             good=self.good,
             rollout=self.rollout,
             rejected=self.rejected,
+            last_error=self.last_error,
         )
 
     @property

@@ -290,3 +290,25 @@ def test_help_lists_the_commands(reconciler: str) -> None:
     assert result.returncode == 0
     for command in ("validate", "schema", "new"):
         assert command in result.stdout
+
+
+def test_validate_checks_after_across_the_directory(reconciler: str, tmp_path: Path) -> None:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    base = 'type = "procmond"\n'
+    (specs / "a.toml").write_text(base + 'after = ["b"]\n')
+    (specs / "b.toml").write_text(base + 'after = ["a"]\n')
+    (specs / "c.toml").write_text(base + 'after = ["a", "gone"]\n')
+    (specs / "d.toml").write_text(base + 'after = ["c"]\n')
+    result = run(reconciler, "validate", str(specs))
+    assert result.returncode == 1
+    problems = result.stderr.splitlines()
+    assert f"{specs}/a.toml: after: cycle a -> b -> a" in problems
+    assert f"{specs}/b.toml: after: cycle a -> b -> a" in problems
+    assert f'{specs}/c.toml: after: no spec file for "gone"' in problems
+    assert f"ok {specs}/d.toml" in result.stdout
+    # One file on its own is checked against the spec files beside it.
+    alone = run(reconciler, "validate", str(specs / "c.toml"))
+    assert alone.returncode == 1
+    assert f'{specs}/c.toml: after: no spec file for "gone"' in alone.stderr
+    assert run(reconciler, "validate", str(specs / "d.toml")).returncode == 0

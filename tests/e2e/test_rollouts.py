@@ -39,6 +39,8 @@ def term(*_):
     sys.exit(0)
 signal.signal(signal.SIGTERM, term)
 note("start")
+if mode == "crash":
+    sys.exit(3)
 if mode.startswith("slow"):
     time.sleep(1.0)
 if mode != "bad" and port:
@@ -276,4 +278,38 @@ def test_max_unavailable_1_over_ten_changed_specs_never_has_two_down(tmp_path: P
         starts = sorted(daemon.start_ticks(after[cid]) / ticks for cid in ids)
         gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert min(gaps) >= 0.3 - 2 / ticks, f"a wave began before the last was ready: {gaps}"
+        assert daemon.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_failed_rollout_holds_the_next_waves_until_its_file_changes(tmp_path: Path) -> None:
+    ids = ["c0", "c1", "c2"]
+    # min_ready_seconds: a run must last a second to be ready, so an exit at once never is.
+    keys = {"max_restarts": 1, "rollout_timeout_seconds": 30, "min_ready_seconds": 1}
+    with running(tmp_path, "[reconciler]\nmax_unavailable = 1\n") as daemon:
+        for cid in ids:
+            daemon.write(cid, daemon.spec(cid, "v1", **keys))
+        assert daemon.cli("wait", "--timeout", "30").returncode == 0
+        before = daemon.ids_alive()
+        for cid in ids:
+            daemon.write(cid, daemon.spec(cid, "crash", **keys))
+        # c0 goes first, crash-loops into failed: a failed rollout (rollback is off).
+        # c1 and c2 stay on their old spec.
+        wait_for(lambda: "reconciler_rollout_held 1.0" in daemon.metrics(), message="held")
+        waited = daemon.cli("wait", "--timeout", "5")
+        assert waited.returncode == 1
+        assert "c1: held: rollout held: c0 failed" in waited.stderr, waited.stderr
+        assert "c0: failed on its current spec" in waited.stderr, waited.stderr
+        alive = daemon.ids_alive()
+        assert alive["c1"] == before["c1"] and alive["c2"] == before["c2"]
+        assert "rollout_failed" in daemon.cli("events", "c0").stdout
+        assert re.search(r"held: +rollout held: c0 failed", daemon.cli("status", "c2").stdout)
+        # Reverting the push ends the hold: c0 back on v1, c1 and c2 never changed. (c0
+        # last: once its file changes, the hold is over for whatever the others say then.)
+        for cid in reversed(ids):
+            daemon.write(cid, daemon.spec(cid, "v1", **keys))
+        assert daemon.cli("wait", "--timeout", "30").returncode == 0
+        assert "reconciler_rollout_held 0.0" in daemon.metrics()
+        after = daemon.ids_alive()
+        assert after["c1"] == before["c1"] and after["c2"] == before["c2"]
         assert daemon.stop() == 0

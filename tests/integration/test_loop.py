@@ -117,7 +117,9 @@ async def test_new_file_starts_a_collector(harness: Harness) -> None:
     write(harness.specs / "a.toml", spec_text())
     pid = await harness.running("a")
     assert os.readlink(f"/proc/{pid}/exe").endswith("sleep")
-    assert harness.reconciler.view("a").converged
+    # Converged once ready: the pass after its start records that.
+    await eventually(lambda: harness.reconciler.view("a").converged, message="converged")
+    assert harness.reconciler.view("a").ready
 
 
 @pytest.mark.parametrize(

@@ -882,3 +882,60 @@ def test_a_quick_rescan_reads_nothing_when_nothing_changed_and_sees_any_change(
     (tmp_path / "b.toml").unlink()
     assert "b" not in scanner.scan(quick=True).specs
     assert reads == ["pass"] * 3
+
+
+# -- after across files ------------------------------------------------------------------
+
+
+def after_text(*after: str, arg: str = "1") -> str:
+    return spec_text(arg) + f"after = {json.dumps(list(after))}\n"
+
+
+def test_an_unknown_id_in_after_keeps_the_last_known_good_and_names_it(specs: Path) -> None:
+    write(specs / "a.toml", spec_text())
+    write(specs / "b.toml", after_text("a"))
+    source = SpecSource(specs)
+    first = source.scan()
+    assert first.specs["b"].spec.after == ("a",) and not first.problems
+    write_atomically(specs / "b.toml", after_text("a", "zz", arg="2"))
+    second = source.scan()
+    assert second.problems["b.toml"].message == 'b.toml: after: no spec file for "zz"'
+    assert args_of(second, "b") == ("1",), "the last-known-good spec stays"
+    # A brand-new file with an unknown id has nothing to keep.
+    write(specs / "c.toml", after_text("nope"))
+    third = source.scan()
+    assert "c" not in third.specs and "nope" in third.problems["c.toml"].message
+    # An id whose file exists but is invalid is known: it has a spec (or will have).
+    write(specs / "d.toml", "type = \n")
+    write_atomically(specs / "c.toml", after_text("d"))
+    fourth = source.scan()
+    assert "c.toml" not in fourth.problems and fourth.specs["c"].spec.after == ("d",)
+
+
+def test_a_cycle_is_a_problem_of_each_file_on_it(specs: Path) -> None:
+    write(specs / "a.toml", after_text("c"))
+    write(specs / "b.toml", after_text("a"))
+    write(specs / "c.toml", after_text())
+    write(specs / "free.toml", after_text("a"))
+    source = SpecSource(specs)
+    assert not source.scan().problems
+    write_atomically(specs / "c.toml", after_text("b", arg="2"))
+    snapshot = source.scan()
+    cycle = "cycle a -> c -> b -> a"
+    assert {name: p.message for name, p in snapshot.problems.items()} == {
+        "a.toml": f"a.toml: after: {cycle}",
+        "b.toml": f"b.toml: after: {cycle}",
+        "c.toml": f"c.toml: after: {cycle}",
+    }
+    # Only c changed: a and b keep their (same) specs, c its last-known-good.
+    assert args_of(snapshot, "c") == ("1",) and snapshot.specs["c"].spec.after == ()
+    assert set(snapshot.specs) == {"a", "b", "c", "free"}
+    write_atomically(specs / "c.toml", after_text(arg="3"))
+    fixed = source.scan()
+    assert not fixed.problems and args_of(fixed, "c") == ("3",)
+
+
+def test_a_self_reference_is_refused_by_the_file_alone(specs: Path) -> None:
+    write(specs / "a.toml", after_text("a"))
+    snapshot = SpecSource(specs).scan()
+    assert snapshot.problems["a.toml"].message == 'a.toml: after: "a" cannot start after itself'

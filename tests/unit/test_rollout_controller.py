@@ -52,6 +52,12 @@ async def test_ready_once_the_ready_check_passes_and_min_ready_seconds_ran(loop:
 async def test_without_probe_ready_at_once_and_only_a_rollout_says_so(loop: Loop) -> None:
     await loop.put("web", desired(max_restarts=5))
     assert record(loop, "web").ready and loop.kinds("web") == ["started", "ready"]
+    # The rollout of a new spec stays open through rollout_timeout_seconds.
+    await loop.clock.advance(119.0)
+    assert record(loop, "web").rollout is not None and record(loop, "web").good is None
+    await loop.clock.advance(1.0)
+    assert record(loop, "web").rollout is None and loop.kinds("web")[-1] == "rollout_done"
+    assert record(loop, "web").good is not None
     await loop.crash("web")
     assert record(loop, "web").ready and loop.kinds("web")[-1] == "started", "a restart is quiet"
 
@@ -121,27 +127,45 @@ async def test_a_rollout_not_ready_in_time_rolls_back_and_rejects_the_content(lo
     assert loop.driver.spawned["web"] == 3
     # A fix is a new rollout.
     await loop.put("web", desired(args=["fixed"], ready_check=PROBE))
-    assert loop.driver.spawned["web"] == 4
+    assert loop.driver.spawned["web"] == 4 and record(loop, "web").rejected is None
     await loop.clock.advance(1.0)
-    assert record(loop, "web").ready and record(loop, "web").rollout is None
+    assert record(loop, "web").ready and record(loop, "web").rollout is not None
+    await loop.clock.advance(120.0)
+    assert record(loop, "web").rollout is None and "rollout_done" in loop.kinds("web")
 
 
-async def test_a_crash_loop_during_a_rollout_rolls_back_when_it_gives_up(loop: Loop) -> None:
+async def test_bad_args_that_exit_at_once_roll_back_when_it_gives_up(loop: Loop) -> None:
+    """The defaults: no probe, min_ready_seconds 0. Ready for an instant does not make a
+    rollout: it crash-loops into failed before its deadline, and goes back."""
     good = desired(args=["good"])
     await loop.put("web", good)
-    bad = desired(args=["bad"], max_restarts=1, rollback=True)
-    loop.driver.ready_results("web")
+    await loop.clock.advance(120.0)
+    bad = desired(args=["bad"], max_restarts=2, rollback=True)
     await loop.put("web", bad)
-    # No probe: ready at once, so this rollout is done. Make the next one crash first.
-    assert record(loop, "web").ready
-    worse = desired(args=["worse"], max_restarts=1, rollback=True, min_ready_seconds=30)
-    await loop.put("web", worse)
-    await loop.crash("web")  # restarted at once (attempt 1)
-    await loop.crash("web")  # gave up: failed, and the rollout with it
+    assert record(loop, "web").rollout is not None and record(loop, "web").ready
+    assert not loop.manager.executor.records["web"].rejected
+    await loop.crash("web", 2)  # restarted at once (attempt 1)
+    await loop.crash("web", 2)  # backoff, then attempt 2
+    await loop.clock.advance(1.0)
+    await loop.crash("web", 2)  # gave up: failed, and the rollout with it
     rec = record(loop, "web")
-    assert rec.applied.spec_hash == bad.spec_hash, "back to the last ready spec"
-    assert rec.rejected is not None and "gave up before it was ready" in rec.rejected.reason
+    assert rec.applied.spec_hash == good.spec_hash, "back to the last ready spec"
+    assert rec.rejected is not None and "failed before it was ready" in rec.rejected.reason
+    assert "exited with code 2; gave up after 2 consecutive restarts" in rec.rejected.reason
     assert loop.manager.status("web").state.value == "running"
+    assert loop.kinds("web").count("rollback") == 1
+
+
+async def test_a_push_during_an_open_rollout_rolls_back_to_the_one_ready_then(loop: Loop) -> None:
+    await loop.put("web", desired(args=["v1"]))
+    await loop.put("web", desired(args=["v2"]))  # ready at once; its rollout still open
+    v2 = desired(args=["v2"])
+    bad = desired(args=["v3"], ready_check=PROBE, rollout_timeout_seconds=5, rollback=True)
+    loop.driver.ready_results("web", then=False)
+    await loop.put("web", bad)
+    await loop.clock.advance(5.0)
+    rec = record(loop, "web")
+    assert rec.applied.spec_hash == v2.spec_hash, "v2 was ready when v3 came: it is the target"
 
 
 async def test_waves_restart_one_at_a_time_and_a_failure_holds_the_rest(loop: Loop) -> None:

@@ -17,6 +17,7 @@ from reconciler.plan.actions import (
     Ready,
     Restart,
     Rollback,
+    RolloutDone,
     RolloutFailed,
     Start,
     Stop,
@@ -127,7 +128,7 @@ def rolling(
 ) -> Observed:
     """Running ``d`` for a rollout begun at ``since``; ``good`` was the last ready spec."""
     return running(
-        d, started_at=since, good=good, rollout=Rollout(d.spec_hash, since, True), **facts
+        d, started_at=since, good=good, rollout=Rollout(d.spec_hash, since, True, good), **facts
     )
 
 
@@ -173,14 +174,19 @@ def test_a_start_of_content_never_ready_is_a_rollout_and_a_revert_is_not() -> No
         pytest.param(
             BAD,
             replace(rolling(BAD), state=S.FAILED, started_at=None, gave_up=True),
-            4.0, Rollback, "gave up before it was ready", id="given-up-before-deadline-rolls-back",
+            4.0, Rollback, "failed before it was ready", id="given-up-before-deadline-rolls-back",
         ),
         pytest.param(
             desired(args=["--third"], rollback=True), rolling(BAD), 11.0, Restart,
             "spec changed: args", id="file-changed-again-restarts-with-the-newest",
         ),
         pytest.param(
-            BAD, replace(rolling(BAD), ready=True), 50.0, None, "", id="ready-in-time-is-done",
+            BAD, replace(rolling(BAD), ready=True), 9.0, Wait, "rollout under way",
+            id="ready-waits-out-the-window",
+        ),
+        pytest.param(
+            BAD, replace(rolling(BAD), ready=True), 10.0, RolloutDone, "ready through",
+            id="ready-at-the-deadline-is-done",
         ),
     ],
 )  # fmt: skip
@@ -343,7 +349,7 @@ def rolled_back(d: Desired) -> Observed:
 
 
 def failed_rollout(d: Desired) -> Observed:
-    return replace(rolling(d), rollout=Rollout(d.spec_hash, 0, True, failed=True))
+    return replace(rolling(d), rollout=Rollout(d.spec_hash, 0, True, GOOD, failed=True))
 
 
 @pytest.mark.parametrize("failed", [rolled_back, failed_rollout])
@@ -405,3 +411,15 @@ def test_diff_shows_the_waves_and_what_waits_for_after() -> None:
     assert lines["fresh"].line == "start fresh (new spec)"
     unlimited = diff(new, observed_from(old), 0.0)
     assert {line.wave for line in unlimited} == {0}
+
+
+def test_a_crash_loop_is_down_even_while_one_of_its_runs_is_up() -> None:
+    want, seen = changed_fleet(3)
+    new = want["c00"]
+    looping = replace(rolling(new), ready=True, consecutive_restarts=1)
+    seen["c00"] = looping
+    actions = plan(want, seen, 0.0, settings=RolloutSettings(max_unavailable=1), only={"c01"})
+    assert isinstance(one(actions), Hold)
+    seen["c00"] = replace(looping, consecutive_restarts=0)
+    actions = plan(want, seen, 0.0, settings=RolloutSettings(max_unavailable=1), only={"c01"})
+    assert isinstance(one(actions), Restart)

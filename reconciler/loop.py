@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import InvalidSpec, ProcessManagerError, ProcessNotFound
-from reconciler.plan.actions import Action, kind
+from reconciler.plan.actions import Action, Rollback, kind
 from reconciler.plan.diff import DiffLine, diff
 from reconciler.plan.planner import Desired, Observed, Override, converged, effective_state
 from reconciler.plan.rollout import Rejected, RolloutSettings
@@ -242,6 +242,8 @@ class Reconciler:
         self.events.append(Event(event.wall_time, event.collector_id, event.kind, event.message))
 
     def _on_action_begin(self, action: Action) -> None:
+        if isinstance(action, Rollback):
+            return  # the executor's own event says it, with the reason
         name = kind(action)
         log.info("%s: %s (%s)", action.collector_id, name, action.reason)
         self.record(action.collector_id, name, action.reason)

@@ -83,8 +83,8 @@ def wait_verdict(data: dict[str, Any], ids: list[str]) -> WaitVerdict:
         rejected, held = collector.get("rejected"), collector.get("held")
         if rejected:
             failed.append(
-                f"{name}: rejected: its spec file's content was rolled back "
-                f"({one_line(rejected['reason'])}); fix or revert the file"
+                f"{name}: rejected {rejected['hash']}: {one_line(rejected['reason'])}; "
+                "fix or revert its spec file"
             )
         elif held and held["cause"] == "held":
             failed.append(f"{name}: held: {one_line(held['reason'])}")

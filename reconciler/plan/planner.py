@@ -310,7 +310,7 @@ def _rollout_end(
         )
     last = f" (last: {observed.exit.description})" if observed.exit is not None else ""
     if gave_up:
-        why = f"failed before it was ready ({observed.last_error or 'gave up'})"
+        why = f"failed before it was ready: {observed.last_error or 'gave up'}"
     else:
         why = f"not ready within rollout_timeout_seconds = {spec.rollout_timeout_seconds:g}"
         why += last
@@ -323,7 +323,7 @@ def _rollout_end(
             target.spec_hash,
             target.process_hash,
             case.desired.spec_hash,
-            f"rollout {why}; back to the last ready spec",
+            f"rollout {why}; rolled back to the last ready spec",
         )
     nothing = "; no earlier ready spec to roll back to" if rollback else ""
     return RolloutFailed(case.collector_id, case.desired.spec_hash, f"rollout {why}{nothing}")

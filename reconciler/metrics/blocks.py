@@ -1,7 +1,7 @@
 """Each collector's lines of the exposition, kept from scrape to scrape (``CollectorBlocks``).
 
-At 1000 collectors a scrape writes ~23 000 lines, and writing them was a
-third of what a scrape cost. Between two scrapes a collector's state,
+At 1000 collectors a scrape writes ~23 000 lines; writing them all anew
+took ~25 ms of an ~85 ms scrape. Between two scrapes a collector's state,
 desired state, health, start time, restarts, exit code, applied hash and
 readiness seldom change; its uptime always does, its CPU and memory while it
 works. So each collector keeps a block: its lines of each of the thirteen
@@ -14,8 +14,8 @@ the samples themselves are made only when something asks.
 
 A scrape of an idle fleet makes no new object per collector that outlives
 the comparison (the values of a scrape are kept in a few flat lists): what a
-scrape leaves alive is what the garbage collector traces and promotes, and
-at 100 000 long-lived objects a full collection costs ~40 ms.
+scrape keeps alive is what the garbage collector traces and promotes, and at
+~100 000 long-lived objects a full collection takes 40-60 ms.
 
 Used by ``ReconcilerCollector``, in the event-loop thread.
 """
@@ -90,9 +90,7 @@ _LAYOUT: tuple[tuple[Family, str, tuple[str, ...] | None], ...] = (
 )
 _MOVING = ("uptime_seconds", "backoff_seconds", "cpu_seconds", "rss_bytes")
 _SLOT = {field: slot for slot, (_, field, _) in enumerate(_LAYOUT)}
-_UPTIME, _BACKOFF, _CPU, _MEMORY = (
-    _SLOT[name] for name in ("uptime_seconds", "backoff_seconds", "cpu_seconds", "rss_bytes")
-)
+_UPTIME, _BACKOFF, _CPU, _MEMORY = (_SLOT[name] for name in _MOVING)
 _ALL_CHANGED = [True] * len(_LAYOUT)
 _ONE_HOT = {
     slot: one_hot_lines(family, choices)

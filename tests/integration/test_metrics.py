@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import gzip
 import os
 import signal
@@ -448,6 +449,44 @@ def generate_latest_of(family: Metric) -> str:
             return [family]
 
     return generate_latest(One()).decode()
+
+
+async def test_a_scrape_leaves_the_garbage_collector_as_the_process_has_it(
+    harness: Harness,
+) -> None:
+    """No process-wide side effect for embedders: the collector stays on during a
+    scrape, its thresholds stay, and a process that turned it off sees no collection."""
+    write(harness.specs / "a.toml", spec("/bin/sleep", "300"))
+    await harness.until(lambda s: s.value("reconciler_collector_up", id="a") == 1)
+    seen_during: list[bool] = []
+
+    class Probe(Collector):
+        def collect(self) -> list[Metric]:
+            seen_during.append(gc.isenabled())
+            return []
+
+    harness.server.registry.register(Probe())
+    thresholds = gc.get_threshold()
+    assert gc.isenabled()
+    await harness.scrape()
+    assert seen_during == [True], "the collector was turned off during the scrape"
+    assert gc.isenabled() and gc.get_threshold() == thresholds
+
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.disable()
+    gc.callbacks.append(count)
+    try:
+        await harness.scrape()
+        assert collections == [] and not gc.isenabled()
+        assert seen_during == [True, False]
+    finally:
+        gc.callbacks.remove(count)
+        gc.enable()
 
 
 async def test_env_values_never_show(harness: Harness) -> None:

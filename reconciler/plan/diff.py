@@ -14,7 +14,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.plan.actions import Hold, Ready, Restart, RolloutFailed, Wait, describe, kind
+from reconciler.plan.actions import (
+    Hold,
+    Ready,
+    Restart,
+    RolloutDone,
+    RolloutFailed,
+    Wait,
+    describe,
+    kind,
+)
 from reconciler.plan.planner import Desired, Observed, Override, plan
 from reconciler.plan.rollout import RolloutSettings
 from reconciler.spec.models import ProcessManagerConfig
@@ -70,6 +79,10 @@ def diff(
         desired, observed, now, overrides=overrides, defaults=defaults, settings=settings
     ):
         acted.add(action.collector_id)
+        if isinstance(action, Ready | RolloutDone | RolloutFailed) or (
+            isinstance(action, Wait) and not action.backoff
+        ):
+            continue  # bookkeeping of readiness and rollouts: nothing the files change
         if isinstance(action, Hold):
             held = action.held
             wave = action.wave
@@ -91,7 +104,7 @@ def diff(
                 kind(action),
                 action.reason,
                 describe(action),
-                difference=not isinstance(action, Wait | Ready | RolloutFailed),
+                difference=not isinstance(action, Wait),
                 wave=action.wave if isinstance(action, Restart) else 0,
             )
         )

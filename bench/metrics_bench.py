@@ -1,6 +1,7 @@
 """Benchmark of the metrics exporter: /metrics with 1000 collectors, and what scrapes cost.
 
-Run: ``.venv/bin/python bench/metrics_bench.py [--collectors N] [--scrapes N] [--no-cgroups]``.
+Run: ``.venv/bin/python bench/metrics_bench.py [--collectors N] [--scrapes N] [--no-cgroups]
+[--gc-off] [--no-young-collection]``.
 Writes N spec files (``/bin/sleep 3600``, ``log = "null"``) to a temporary
 specs directory, runs a real ``Reconciler`` and ``MetricsServer`` on them, and
 once every collector runs reports:

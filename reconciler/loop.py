@@ -491,54 +491,73 @@ class Reconciler:
         return views[collector_id]
 
     def views(self, only: Iterable[str] | None = None) -> list[CollectorView]:
+        """Every collector known (or those of ``only``), for status, metrics and the API.
+
+        Read at every scrape: one pass over the records, nothing planned.
+        """
         snapshot = self.snapshot
         problems_by_id = {
             problem.collector_id: problem
             for problem in snapshot.problems.values()
             if problem.collector_id is not None
         }
-        managed = set(self.manager.collector_ids())
-        known = set(snapshot.specs) | managed | set(problems_by_id)
-        if only is not None:
-            known &= set(only)
-        desired_all, observed_all = self.desired(), self.observed()
-        applied_all = self.applied
-        records, held = self.manager.executor.records, self.controller.held
+        records = self.manager.executor.records
+        held, busy = self.controller.held, self.controller.busy
+        if only is None:
+            known = sorted(snapshot.specs.keys() | records.keys() | problems_by_id.keys())
+        else:
+            known = sorted(
+                cid
+                for cid in set(only)
+                if cid in snapshot.specs or cid in records or cid in problems_by_id
+            )
+        desired_all, overrides = self.desired(), self.overrides
+        now = self.controller.clock.now()
+        log_dir = str(self.log_dir) if self.log_dir is not None else None
         result = []
-        for collector_id in sorted(known):
+        for collector_id in known:
             loaded = snapshot.specs.get(collector_id)
-            status = self.manager.status(collector_id) if collector_id in managed else None
+            record = records.get(collector_id)
+            status = record.status(now) if record is not None else None
             desired = desired_all.get(collector_id)
-            override = self.overrides.get(collector_id)
+            override = overrides.get(collector_id)
             problem = problems_by_id.get(collector_id)
-            applied = applied_all.get(collector_id)
+            applied = record.applied if record is not None else None
             want = (
                 effective_state(desired, override) if desired is not None else DesiredState.STOPPED
             )
+            spec = loaded.spec if loaded is not None else None
+            hold = held.get(collector_id)
             result.append(
                 CollectorView(
                     collector_id=collector_id,
                     collector_type=(
-                        loaded.spec.type if loaded else status.collector_type if status else ""
+                        spec.type if spec is not None else status.collector_type if status else ""
                     ),
                     desired=want,
                     status=status,
-                    spec=loaded.spec if loaded else None,
-                    spec_file=loaded.path.name if loaded else (problem.file if problem else None),
+                    spec=spec,
+                    spec_file=(
+                        f"{collector_id}.toml" if loaded else (problem.file if problem else None)
+                    ),
                     spec_hash=loaded.spec_hash if loaded else None,
                     applied_spec_hash=applied.spec_hash if applied else None,
                     spec_error=problem.message if problem else None,
                     override=override,
                     converged=(
                         desired is not None
-                        and collector_id not in self.controller.busy
-                        and converged(desired, observed_all.get(collector_id), override)
+                        and collector_id not in busy
+                        and converged(desired, record, override)
                     ),
-                    log_file=self._log_file(collector_id, loaded.spec if loaded else None),
+                    log_file=(
+                        f"{log_dir}/{collector_id}.log"
+                        if log_dir is not None and spec is not None and spec.log == "file"
+                        else None
+                    ),
                     last_crash=self.last_crashes.get(collector_id),
-                    ready=(record := records.get(collector_id)) is not None and record.ready,
+                    ready=record is not None and record.ready,
                     rejected=_rejected(record, loaded.spec_hash if loaded else None),
-                    held=hold.reason if (hold := held.get(collector_id)) is not None else None,
+                    held=hold.reason if hold is not None else None,
                     held_cause=hold.cause if hold is not None else None,
                 )
             )

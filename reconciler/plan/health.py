@@ -42,7 +42,7 @@ def health(facts: HealthFacts) -> HealthStatus:
         return HealthStatus.UNHEALTHY
     if state in TRANSITIONAL_STATES or facts.awaiting_restart:
         return HealthStatus.DEGRADED
-    if state.value != facts.desired.value:
+    if state != facts.desired:  # type: ignore[comparison-overlap]  # StrEnums: their values
         return HealthStatus.DEGRADED
     if state in PROCESS_STATES and facts.has_process:
         if facts.process_exited:

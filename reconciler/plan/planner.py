@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from reconciler.plan.actions import (
     ORDER,
@@ -609,7 +610,22 @@ _DEFAULTS = ProcessManagerConfig()
 _SETTINGS = RolloutSettings()
 
 
-def converged(desired: Desired, observed: Observed | None, override: Override | None) -> bool:
+class Progress(Protocol):
+    """What ``converged`` reads of a collector: an ``Observed``, or the executor's record."""
+
+    @property
+    def state(self) -> CollectorState: ...
+    @property
+    def applied_spec_hash(self) -> str | None: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def rollout(self) -> Rollout | None: ...
+    @property
+    def consecutive_restarts(self) -> int: ...
+
+
+def converged(desired: Desired, observed: Progress | None, override: Override | None) -> bool:
     """Whether a collector runs its current spec in its desired state, and (running) is
     ready: what ``reconciler wait`` waits for, as ``kubectl rollout status`` does."""
     want = effective_state(desired, override)
@@ -627,4 +643,4 @@ def converged(desired: Desired, observed: Observed | None, override: Override | 
         and observed.consecutive_restarts > 0
     ):
         return False  # crashed since its rollout began: ready now, maybe not for long
-    return observed.state.value == want.value
+    return observed.state == want  # type: ignore[comparison-overlap]  # StrEnums: values

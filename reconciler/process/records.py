@@ -100,6 +100,10 @@ class CollectorRecord:
         )
 
     @property
+    def applied_spec_hash(self) -> str | None:
+        return self.applied.spec_hash if self.applied is not None else None
+
+    @property
     def ready(self) -> bool:
         """Its current process is ready (§4)."""
         return self.run is not None and self.ready_run is self.run

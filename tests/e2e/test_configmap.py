@@ -111,12 +111,7 @@ def _running(daemon: Daemon) -> Iterator[Daemon]:
     try:
         yield daemon
     finally:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
-        for pid in daemon.collectors():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        daemon.end()
 
 
 def _log_problems(text: str) -> list[str]:

@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -158,12 +157,7 @@ def running(tmp_path: Path, config: str = "") -> Iterator[Rollouts]:
         assert "watching" in daemon.stderr, daemon.stderr
         yield daemon
     finally:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
-        for pid in daemon.collectors():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        daemon.end()
 
 
 @pytest.mark.timeout(90)

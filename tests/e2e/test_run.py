@@ -44,6 +44,15 @@ class Daemon:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=30)
 
+    def end(self) -> None:
+        """Whatever a test left: kill the daemon if it still runs, then its collectors."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for pid in self.collectors():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
@@ -51,12 +60,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     try:
         yield running
     finally:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
-        for pid in running.collectors():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        running.end()
 
 
 def test_sigterm_stops_every_collector_and_exits_0(daemon: Daemon) -> None:

@@ -7,28 +7,18 @@ readiness, rollouts and rejections, and the next pass sees them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+# ruff: noqa: F811 - `loop` is the fixture imported below, taken as an argument
 from typing import Any
 
 import pytest
 
 from reconciler.plan.rollout import RolloutSettings
 from reconciler.process.clock import settle
-from tests.unit.test_controller import Loop, desired
+from tests.unit.test_controller import Loop, desired, loop  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(5)
 
 PROBE = {"tcp": "127.0.0.1:9", "interval_seconds": 1}
-
-
-@pytest.fixture
-async def loop() -> AsyncIterator[Loop]:
-    harness = Loop()
-    await harness.start()
-    try:
-        yield harness
-    finally:
-        await harness.close()
 
 
 def record(loop: Loop, collector_id: str) -> Any:

@@ -46,6 +46,7 @@ STATE_CHANGING_EVENTS = frozenset(
         "started",
         "ready",
         "rollback",
+        "rollout_done",
         "stopped",
         "adopted",
         "failed",

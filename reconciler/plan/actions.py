@@ -132,7 +132,10 @@ class Ready:
     spec_hash: str
     reason: str
     announce: bool = True
-    """Worth an event: readiness took a probe or ``min_ready_seconds``, or ended a rollout."""
+    """Worth an event: readiness took a probe or ``min_ready_seconds`` (else it is the
+    instant after ``started``, and a cold start of a thousand would log a thousand more)."""
+    recheck: float | None = None
+    """Look again then: the open rollout's deadline."""
 
 
 @dataclass(frozen=True, slots=True)

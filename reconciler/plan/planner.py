@@ -344,12 +344,7 @@ def _readiness(case: _Case, rollout: Rollout | None, now: float) -> Action | Non
         reason = "ready_check passed" if spec.ready_check is not None else "running"
         if spec.min_ready_seconds > 0:
             reason += f" for min_ready_seconds = {spec.min_ready_seconds:g}"
-        return Ready(
-            case.collector_id,
-            case.desired.spec_hash,
-            reason,
-            announce=gated or rollout is not None,
-        )
+        return Ready(case.collector_id, case.desired.spec_hash, reason, announce=gated)
     times = [t for t in (ready_at if probed else None, _deadline(case, rollout)) if t is not None]
     if not times:
         return None  # the ready_check's pass wakes the controller
@@ -419,7 +414,7 @@ def _until_deadline(case: _Case, action: Action | None, rollout: Rollout | None)
         return action
     if action is None:
         return Wait(case.collector_id, deadline, "rollout under way", 0, backoff=False)
-    if isinstance(action, Wait):
+    if isinstance(action, Wait | Ready):
         return replace(action, recheck=deadline)
     return action
 

@@ -164,6 +164,8 @@ class Controller:
                     became_ready = became_ready or isinstance(action, Ready)
                     if isinstance(action, Wait):
                         self._waits[collector_id] = action.wake_at
+                    elif isinstance(action, Ready) and action.recheck is not None:
+                        self._waits[collector_id] = action.recheck
                 continue
             after = [] if isinstance(action, FREEING_ACTIONS) else list(freeing)
             task = asyncio.create_task(

@@ -282,7 +282,7 @@ class Executor:
             # Outside a rollout, ready is proof enough; a rollout's content is the last
             # ready spec only once the rollout is done.
             record.good = _desired(applied)
-        if action.announce or mine:
+        if action.announce:
             self.emit(record, "ready", f"ready (pid {run.pid}): {action.reason}")
         else:
             record.changed()

@@ -39,9 +39,9 @@ async def test_ready_once_the_ready_check_passes_and_min_ready_seconds_ran(loop:
     assert loop.driver.effects.count("ready_check web") == 3, "no probe once it passed"
 
 
-async def test_without_probe_ready_at_once_and_only_a_rollout_says_so(loop: Loop) -> None:
+async def test_without_probe_ready_at_once_and_quietly(loop: Loop) -> None:
     await loop.put("web", desired(max_restarts=5))
-    assert record(loop, "web").ready and loop.kinds("web") == ["started", "ready"]
+    assert record(loop, "web").ready and loop.kinds("web") == ["started"]
     # The rollout of a new spec stays open through rollout_timeout_seconds.
     await loop.clock.advance(119.0)
     assert record(loop, "web").rollout is not None and record(loop, "web").good is None

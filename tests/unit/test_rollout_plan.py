@@ -423,3 +423,11 @@ def test_a_crash_loop_is_down_even_while_one_of_its_runs_is_up() -> None:
     seen["c00"] = replace(looping, consecutive_restarts=0)
     actions = plan(want, seen, 0.0, settings=RolloutSettings(max_unavailable=1), only={"c01"})
     assert isinstance(one(actions), Restart)
+
+
+def test_ready_during_a_rollout_says_when_to_look_again() -> None:
+    d = desired(args=["new"], rollout_timeout_seconds=30)
+    seen = running(d, rollout=Rollout(d.spec_hash, 5.0, True, GOOD))
+    ready_now = one(plan({"web": d}, {"web": seen}, 6.0))
+    assert isinstance(ready_now, Ready) and ready_now.recheck == 35.0
+    assert one(plan({"web": d}, {"web": running(d)}, 6.0)).recheck is None

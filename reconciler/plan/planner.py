@@ -50,7 +50,13 @@ from reconciler.plan.actions import (
     Wait,
 )
 from reconciler.plan.policy import NoRestart, RestartAfter, RestartPolicy, decide_restart
-from reconciler.plan.rollout import Rejected, Rollout, RolloutSettings, wave_of
+from reconciler.plan.rollout import (
+    ROLLOUT_SETTLE_SECONDS,
+    Rejected,
+    Rollout,
+    RolloutSettings,
+    wave_of,
+)
 from reconciler.spec.identity import PROCESS_IDENTITY_KEYS
 from reconciler.spec.models import CollectorSpec, ProcessManagerConfig
 from reconciler.state import CollectorState, DesiredState
@@ -337,18 +343,23 @@ def _readiness(case: _Case, rollout: Rollout | None, now: float) -> Action | Non
         return None
     if observed.ready:
         return None
-    ready_at = observed.started_at + spec.min_ready_seconds
+    # A rollout's process must also outlive ROLLOUT_SETTLE_SECONDS: bad args exit at once,
+    # and "ready" the instant after exec would let `wait` and the next wave through.
+    settle = spec.min_ready_seconds if rollout is None else max(
+        spec.min_ready_seconds, ROLLOUT_SETTLE_SECONDS
+    )
+    ready_at = observed.started_at + settle
     probed = spec.ready_check is None or observed.ready_probe_passed
     if probed and now >= ready_at:
-        gated = spec.ready_check is not None or spec.min_ready_seconds > 0
+        gated = spec.ready_check is not None or settle > 0
         reason = "ready_check passed" if spec.ready_check is not None else "running"
-        if spec.min_ready_seconds > 0:
-            reason += f" for min_ready_seconds = {spec.min_ready_seconds:g}"
+        if settle > 0:
+            reason += f" for {settle:g} s"
         return Ready(case.collector_id, case.desired.spec_hash, reason, announce=gated)
     times = [t for t in (ready_at if probed else None, _deadline(case, rollout)) if t is not None]
     if not times:
         return None  # the ready_check's pass wakes the controller
-    waiting = "ready_check" if not probed else f"min_ready_seconds = {spec.min_ready_seconds:g}"
+    waiting = "ready_check" if not probed else f"running {settle:g} s"
     return Wait(case.collector_id, min(times), f"not ready yet: {waiting}", 0, backoff=False)
 
 

@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from reconciler.plan.planner import Desired
 
 
+ROLLOUT_SETTLE_SECONDS = 1.0
+"""During a rollout, a process is ready no sooner than this after its start (or
+``min_ready_seconds``, if longer): one that exits at once (bad args) is never ready,
+so neither ``reconciler wait`` nor the next wave takes it for a success."""
+
+
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """File content rolled back after a failed rollout: not tried again until the file changes."""

@@ -39,21 +39,27 @@ async def test_ready_once_the_ready_check_passes_and_min_ready_seconds_ran(loop:
     assert loop.driver.effects.count("ready_check web") == 3, "no probe once it passed"
 
 
-async def test_without_probe_ready_at_once_and_quietly(loop: Loop) -> None:
+async def test_without_probe_ready_after_a_second_and_a_crash_restart_at_once(loop: Loop) -> None:
     await loop.put("web", desired(max_restarts=5))
-    assert record(loop, "web").ready and loop.kinds("web") == ["started"]
+    # A rollout's process must outlive a second: one that exits at once is never ready.
+    assert not record(loop, "web").ready
+    await loop.clock.advance(0.99)
+    assert not record(loop, "web").ready
+    await loop.clock.advance(0.01)
+    assert record(loop, "web").ready and loop.kinds("web") == ["started", "ready"]
     # The rollout of a new spec stays open through rollout_timeout_seconds.
-    await loop.clock.advance(119.0)
+    await loop.clock.advance(118.0)
     assert record(loop, "web").rollout is not None and record(loop, "web").good is None
     await loop.clock.advance(1.0)
     assert record(loop, "web").rollout is None and loop.kinds("web")[-1] == "rollout_done"
     assert record(loop, "web").good is not None
     await loop.crash("web")
-    assert record(loop, "web").ready and loop.kinds("web")[-1] == "started", "a restart is quiet"
+    assert record(loop, "web").ready and loop.kinds("web")[-1] == "started", "ready and quiet"
 
 
 async def test_a_crash_ends_readiness_and_the_new_process_probes_again(loop: Loop) -> None:
     await loop.put("web", desired(ready_check=PROBE, max_restarts=5))
+    await loop.clock.advance(1.0)
     assert record(loop, "web").ready
     loop.driver.ready_results("web", False)
     await loop.crash("web")
@@ -81,6 +87,8 @@ async def test_after_starts_the_dependent_once_its_dependency_is_ready(loop: Loo
 async def test_removing_both_stops_the_dependent_first(loop: Loop) -> None:
     await loop.put("a", desired())
     await loop.put("b", desired(after=["a"]))
+    await loop.clock.advance(1.0)  # a is ready: b starts
+    assert loop.driver.alive("b")
     loop.driver.effects.clear()
     loop.desired.clear()
     loop.controller.wake()
@@ -94,6 +102,7 @@ async def test_removing_both_stops_the_dependent_first(loop: Loop) -> None:
 async def test_a_rollout_not_ready_in_time_rolls_back_and_rejects_the_content(loop: Loop) -> None:
     good = desired(args=["good"], ready_check=PROBE)
     await loop.put("web", good)
+    await loop.clock.advance(1.0)
     assert record(loop, "web").ready
     bad = desired(args=["bad"], ready_check=PROBE, rollout_timeout_seconds=10, rollback=True)
     loop.driver.ready_results("web", then=False)
@@ -132,7 +141,7 @@ async def test_bad_args_that_exit_at_once_roll_back_when_it_gives_up(loop: Loop)
     await loop.clock.advance(120.0)
     bad = desired(args=["bad"], max_restarts=2, rollback=True)
     await loop.put("web", bad)
-    assert record(loop, "web").rollout is not None and record(loop, "web").ready
+    assert record(loop, "web").rollout is not None and not record(loop, "web").ready
     assert not loop.manager.executor.records["web"].rejected
     await loop.crash("web", 2)  # restarted at once (attempt 1)
     await loop.crash("web", 2)  # backoff, then attempt 2
@@ -148,7 +157,8 @@ async def test_bad_args_that_exit_at_once_roll_back_when_it_gives_up(loop: Loop)
 
 async def test_a_push_during_an_open_rollout_rolls_back_to_the_one_ready_then(loop: Loop) -> None:
     await loop.put("web", desired(args=["v1"]))
-    await loop.put("web", desired(args=["v2"]))  # ready at once; its rollout still open
+    await loop.put("web", desired(args=["v2"]))
+    await loop.clock.advance(1.0)  # v2 ready; its rollout still open
     v2 = desired(args=["v2"])
     bad = desired(args=["v3"], ready_check=PROBE, rollout_timeout_seconds=5, rollback=True)
     loop.driver.ready_results("web", then=False)
@@ -165,6 +175,7 @@ async def test_waves_restart_one_at_a_time_and_a_failure_holds_the_rest(loop: Lo
         loop.desired[cid] = desired(args=["old"], ready_check=PROBE)
     loop.controller.wake()
     await settle()
+    await loop.clock.advance(1.0)
     assert all(record(loop, cid).ready for cid in ids)
     for cid in ids:
         loop.driver.ready_results(cid, False)  # each new process is ready one probe later

@@ -431,3 +431,20 @@ def test_ready_during_a_rollout_says_when_to_look_again() -> None:
     ready_now = one(plan({"web": d}, {"web": seen}, 6.0))
     assert isinstance(ready_now, Ready) and ready_now.recheck == 35.0
     assert one(plan({"web": d}, {"web": running(d)}, 6.0)).recheck is None
+
+
+@pytest.mark.parametrize(
+    ("min_ready", "now", "expected"),
+    [(0, 0.5, Wait), (0, 1.0, Ready), (3, 2.0, Wait), (3, 3.0, Ready)],
+)
+def test_a_rollouts_process_must_outlive_a_second(
+    min_ready: float, now: float, expected: type
+) -> None:
+    d = desired(args=["new"], min_ready_seconds=min_ready)
+    seen = running(d, rollout=Rollout(d.spec_hash, 0.0, True, GOOD))
+    action = one(plan({"web": d}, {"web": seen}, now))
+    assert isinstance(action, expected)
+    if isinstance(action, Wait):
+        assert action.until == max(min_ready, 1.0) and not action.backoff
+    # Outside a rollout (a crash restart of a spec already good) min_ready_seconds alone.
+    assert isinstance(one(plan({"web": d}, {"web": running(d)}, min_ready)), Ready)

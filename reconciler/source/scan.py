@@ -96,6 +96,16 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _projection_leftover(path: Path) -> bool:
+    """A ``name -> ..data/name`` link whose key left the ConfigMap: the kubelet swapped
+    ``..data`` and removes such links next. The key is gone; the link is not a problem."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return False
+    return target == f"..data/{path.name}"
+
+
 def _broken_link(path: Path) -> str:
     try:
         return f"broken symlink to {os.readlink(path)}"
@@ -323,7 +333,7 @@ class Scanner:
             st = os.stat(path)
         except OSError as exc:
             fingerprint = self._fingerprint(name)
-            if fingerprint[0] == "gone":
+            if fingerprint[0] == "gone" or _projection_leftover(path):
                 return None, fingerprint, None
             if isinstance(exc, FileNotFoundError):
                 return _Failure((f"{shown}: {_broken_link(path)}",)), fingerprint, None

@@ -939,3 +939,24 @@ def test_a_self_reference_is_refused_by_the_file_alone(specs: Path) -> None:
     write(specs / "a.toml", after_text("a"))
     snapshot = SpecSource(specs).scan()
     assert snapshot.problems["a.toml"].message == 'a.toml: after: "a" cannot start after itself'
+
+
+def test_a_key_gone_from_a_configmap_is_gone_before_its_link_is(specs: Path) -> None:
+    """Between the kubelet's ``..data`` swap and its removal of stale links, a removed key's
+    link dangles: that is the key gone, not a broken file (a scan may fall in between)."""
+    kubelet_write(specs, {"a.toml": spec_text("a1"), "b.toml": spec_text("b1")})
+    source = SpecSource(specs)
+    assert set(source.scan().specs) == {"a", "b"}
+    data = specs / "..data"
+    old = os.readlink(data)
+    fresh = specs / "..fresh"
+    fresh.mkdir()
+    write(fresh / "a.toml", spec_text("a1"))
+    (specs / "..data_tmp").symlink_to(fresh.name)
+    os.rename(specs / "..data_tmp", data)  # b.toml -> ..data/b.toml now dangles
+    snapshot = source.scan()
+    assert set(snapshot.specs) == {"a"} and not snapshot.problems
+    shutil.rmtree(specs / old)
+    # Any other dangling link is still a problem that keeps the last-known-good.
+    (specs / "c.toml").symlink_to("elsewhere/c.toml")
+    assert "c.toml: broken symlink to elsewhere/c.toml" in source.scan().problems["c.toml"].message

@@ -70,6 +70,8 @@ class CollectorRecord:
     rejected: Rejected | None = None
     generation: int = 0
     """Bumped on every change: an action planned from an older generation is stale."""
+    _health_facts: tuple[object, ...] = ()
+    _health: HealthStatus = HealthStatus.UNKNOWN
 
     def changed(self) -> None:
         self.generation += 1
@@ -109,20 +111,25 @@ class CollectorRecord:
         return self.run is not None and self.ready_run is self.run
 
     def health(self) -> HealthStatus:
-        """DESIGN §4, decided by ``reconciler.plan.health`` from this record's facts."""
+        """DESIGN §4, decided by ``reconciler.plan.health`` from this record's facts.
+
+        Asked for every collector at every scrape: decided again only when a fact changed.
+        """
         run, check = self.run, self.config.health_check
-        return health(
-            HealthFacts(
-                state=self.state,
-                desired=self.desired,
-                has_process=run is not None,
-                process_exited=run is not None and run.exited.done(),
-                awaiting_restart=self.exit is not None,
-                failure_threshold=check.failure_threshold if check is not None else None,
-                probe_failures=self.probe_failures,
-                probe_passed=self.probe_passed,
-            )
+        facts = (
+            self.state,
+            self.desired,
+            run is not None,
+            run is not None and run.exited.done(),
+            self.exit is not None,
+            check.failure_threshold if check is not None else None,
+            self.probe_failures,
+            self.probe_passed,
         )
+        if facts != self._health_facts:
+            self._health_facts = facts
+            self._health = health(HealthFacts(*facts))
+        return self._health
 
     def status(self, now: float) -> CollectorStatus:
         run = self.run

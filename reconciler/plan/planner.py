@@ -36,7 +36,6 @@ from reconciler.plan.actions import (
     Action,
     Forget,
     GiveUp,
-    Hold,
     Pause,
     Ready,
     Restart,
@@ -49,104 +48,45 @@ from reconciler.plan.actions import (
     Update,
     Wait,
 )
+from reconciler.plan.gate import gate
+from reconciler.plan.inputs import (
+    HAS_PROCESS,
+    Desired,
+    Exit,
+    Observed,
+    Override,
+    changed_keys,
+    effective_state,
+)
 from reconciler.plan.policy import NoRestart, RestartAfter, RestartPolicy, decide_restart
 from reconciler.plan.rollout import (
     ROLLOUT_SETTLE_SECONDS,
-    Rejected,
     Rollout,
     RolloutSettings,
-    wave_of,
 )
 from reconciler.spec.identity import PROCESS_IDENTITY_KEYS
-from reconciler.spec.models import CollectorSpec, ProcessManagerConfig
+from reconciler.spec.models import ProcessManagerConfig
 from reconciler.state import CollectorState, DesiredState
 
-# -- inputs -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Desired:
-    """One collector as its spec file (last known good) describes it."""
-
-    spec: CollectorSpec
-    spec_hash: str
-    process_hash: str
-
-
-@dataclass(frozen=True, slots=True)
-class Override:
-    """An operator's runtime override, tied to the spec it was given against."""
-
-    action: DesiredState
-    """``paused`` (pause) or ``running`` (resume)."""
-    spec_hash: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Exit:
-    """An end nobody asked for, waiting for the restart policy's decision."""
-
-    at: float
-    """Clock time of the end."""
-    description: str
-    """``killed by SIGKILL``, ``failed to start: ...``, ``unhealthy: ...``."""
-    run_seconds: float
-    """How long the run lasted (0 for a start that failed)."""
-    clean: bool = False
-    """Exited 0: without auto-restart that is ``stopped``, not ``failed``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    """One collector as the executor sees it."""
-
-    state: CollectorState
-    applied: CollectorSpec | None
-    """The spec the current (or last) process was started or updated with."""
-    applied_spec_hash: str | None
-    applied_process_hash: str | None
-    exit: Exit | None = None
-    """Set while an end nobody asked for awaits a decision (state ``stopped`` or ``backoff``)."""
-    consecutive_restarts: int = 0
-    """Automatic restarts in the current crash series."""
-    probe_failures: int = 0
-    """Consecutive failed health probes of the current run."""
-    probe_detail: str = ""
-    gave_up: bool = False
-    """A ``GiveUp`` ended the series: down until the spec changes or an operator acts."""
-    started_at: float | None = None
-    """Clock time the current process started (``None``: no process)."""
-    ready: bool = False
-    """A ``Ready`` was recorded for the current process."""
-    ready_probe_passed: bool = False
-    """The ``ready_check`` passed once for the current process."""
-    good: Desired | None = None
-    """The last spec this collector was ready with: what a rollback goes back to."""
-    rollout: Rollout | None = None
-    """A rollout under way (or failed and not rolled back)."""
-    rejected: Rejected | None = None
-    """Content rolled back after a failed rollout: while its file says it, the good spec runs."""
-    last_error: str | None = None
-    """Its last error, for what a failed rollout says."""
-
-
-_HAS_PROCESS = frozenset({CollectorState.RUNNING, CollectorState.PAUSED, CollectorState.STARTING})
-
-
-def changed_keys(old: CollectorSpec | None, new: CollectorSpec) -> list[str]:
-    """Top-level spec keys whose values differ, for reasons a person reads."""
-    if old is None:
-        return []
-    before, after = old.model_dump(), new.model_dump()
-    return sorted(key for key in after if before.get(key) != after.get(key))
-
-
-def effective_state(desired: Desired, override: Override | None) -> DesiredState:
-    """What the collector should be now: the spec's state unless an override holds."""
-    if override is not None and override.spec_hash == desired.spec_hash:
-        return override.action
-    return desired.spec.state
+__all__ = [
+    "Desired",
+    "Exit",
+    "Forget",
+    "Observed",
+    "Override",
+    "Pause",
+    "Progress",
+    "Restart",
+    "Resume",
+    "Start",
+    "Stop",
+    "Update",
+    "Wait",
+    "changed_keys",
+    "converged",
+    "effective_state",
+    "plan",
+]
 
 
 def _with_keys(prefix: str, keys: list[str]) -> str:
@@ -199,7 +139,7 @@ def _gone(collector_id: str, observed: Observed | None) -> Action | None:
     """The spec file was removed: stop what runs, then forget the collector."""
     if observed is None:
         return None
-    if observed.state in _HAS_PROCESS or observed.state == CollectorState.STOPPING:
+    if observed.state in HAS_PROCESS or observed.state == CollectorState.STOPPING:
         return Stop(collector_id, "spec file removed", forget=True)
     return Forget(collector_id, "spec file removed")
 
@@ -440,134 +380,6 @@ def _decide(case: _Case, defaults: ProcessManagerConfig, now: float) -> Action |
     return _live(case, defaults)
 
 
-# -- what waits for other collectors: after, waves, held rollouts ---------------------
-
-
-def _is_ready(observed: Observed | None) -> bool:
-    return observed is not None and observed.ready and observed.state == CollectorState.RUNNING
-
-
-def _has_process(observed: Observed | None) -> bool:
-    return observed is not None and (
-        observed.state in _HAS_PROCESS or observed.state == CollectorState.STOPPING
-    )
-
-
-def _after_of(desired: Desired | None, observed: Observed | None) -> tuple[str, ...]:
-    if desired is not None:
-        return desired.spec.after
-    if observed is not None and observed.applied is not None:
-        return observed.applied.after
-    return ()
-
-
-def _gate(
-    actions: list[Action],
-    desired: Mapping[str, Desired],
-    observed: Mapping[str, Observed],
-    overrides: Mapping[str, Override],
-    settings: RolloutSettings,
-) -> list[Action]:
-    """Hold what must wait for others: ``after`` (starts after, stops before), then waves."""
-    stops = {a.collector_id for a in actions if isinstance(a, Stop) and not a.as_crash}
-    going = _dependents_going_down(stops, desired, observed, overrides) if stops else {}
-    result: list[Action] = []
-    restarts: list[Restart] = []
-    for action in actions:
-        cid = action.collector_id
-        if isinstance(action, Stop) and going.get(cid):
-            first = ", ".join(sorted(going[cid]))
-            result.append(Hold(cid, action, f"waiting for {first} to stop first", "after"))
-            continue
-        if (isinstance(action, Start) and not action.automatic) or isinstance(action, Restart):
-            pending = [name for name in action.spec.after if not _is_ready(observed.get(name))]
-            if pending:
-                names = ", ".join(pending)
-                verb = "is" if len(pending) == 1 else "are"
-                result.append(Hold(cid, action, f"waiting until {names} {verb} ready", "after"))
-                continue
-        if isinstance(action, Restart) and settings.max_unavailable > 0:
-            seen = observed.get(cid)
-            if seen is not None and seen.state in (CollectorState.RUNNING, CollectorState.PAUSED):
-                if not _unavailable(seen):  # already down: another restart costs nothing
-                    restarts.append(action)
-                    continue
-        result.append(action)
-    if restarts:
-        result.extend(_waves(restarts, desired, observed, settings.max_unavailable))
-    return result
-
-
-def _dependents_going_down(
-    stops: set[str],
-    desired: Mapping[str, Desired],
-    observed: Mapping[str, Observed],
-    overrides: Mapping[str, Override],
-) -> dict[str, list[str]]:
-    """For each collector being stopped: who starts after it and is on its way down too."""
-    going: dict[str, list[str]] = {}
-    for cid in desired.keys() | observed.keys():
-        d = desired.get(cid)
-        # Only a collector whose file is gone needs its observed state read here.
-        names = _after_of(d, observed.get(cid) if d is None else None)
-        after = [name for name in names if name in stops]
-        if not after:
-            continue
-        o = observed.get(cid)
-        down = d is None or effective_state(d, overrides.get(cid)) == DesiredState.STOPPED
-        if down and _has_process(o):
-            for name in after:
-                going.setdefault(name, []).append(cid)
-    return going
-
-
-def _unavailable(observed: Observed) -> bool:
-    """Restarted for an open rollout and not ready now, or crashed since it began: one of
-    ``max_unavailable`` (a crash loop is down, even while one of its runs is up)."""
-    rollout = observed.rollout
-    if rollout is None or not rollout.unavailable or rollout.failed:
-        return False
-    return not observed.ready or observed.consecutive_restarts > 0
-
-
-def _waves(
-    restarts: list[Restart],
-    desired: Mapping[str, Desired],
-    observed: Mapping[str, Observed],
-    max_unavailable: int,
-) -> list[Action]:
-    """At most ``max_unavailable`` restarts for spec changes at once; none while one failed."""
-    restarting = 0
-    failed: list[str] = []
-    for cid, seen in observed.items():
-        rollout = seen.rollout
-        if _unavailable(seen):
-            restarting += 1
-        d = desired.get(cid)
-        if d is None:
-            continue
-        if rollout is not None and rollout.failed and rollout.spec_hash == d.spec_hash:
-            failed.append(cid)
-        elif seen.rejected is not None and seen.rejected.spec_hash == d.spec_hash:
-            failed.append(cid)
-    result: list[Action] = []
-    waiting = 0
-    for action in sorted(restarts, key=lambda a: a.collector_id):
-        cid = action.collector_id
-        if failed:
-            names = ", ".join(sorted(failed))
-            result.append(Hold(cid, action, f"rollout held: {names} failed", "held"))
-        elif restarting < max_unavailable:
-            restarting += 1
-            result.append(replace(action, wave=1))
-        else:
-            wave = wave_of(waiting, max_unavailable=max_unavailable, restarting=max_unavailable)
-            waiting += 1
-            reason = f"waiting for its wave (max_unavailable = {max_unavailable})"
-            result.append(Hold(cid, action, reason, "wave", wave=wave))
-    return result
-
-
 def plan(
     desired: Mapping[str, Desired],
     observed: Mapping[str, Observed],
@@ -607,7 +419,7 @@ def plan(
         )
         if action is not None:
             actions.append(action)
-    actions = _gate(actions, desired, observed, overrides, settings)
+    actions = gate(actions, desired, observed, overrides, settings)
     actions.sort(key=lambda action: ORDER[type(action)])
     return actions
 

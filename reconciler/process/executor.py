@@ -17,7 +17,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -45,11 +45,12 @@ from reconciler.plan.actions import (
     Update,
     Wait,
 )
-from reconciler.plan.planner import Desired, Exit, Observed
+from reconciler.plan.planner import Desired, Exit
 from reconciler.plan.rollout import Rejected, Rollout
 from reconciler.process.driver import Launch, ProcessDriver, Run, RunIdentity
 from reconciler.process.events import ManagerEvent, describe_exit
-from reconciler.process.records import Applied, CollectorRecord
+from reconciler.process.probes import ProbeLoops
+from reconciler.process.records import Applied, CollectorRecord, ObservedMap
 from reconciler.spec.models import (
     CollectorConfig,
     CollectorSpec,
@@ -66,30 +67,7 @@ class Stale(Exception):
     """The record changed since the action was planned: plan again instead."""
 
 
-class ObservedMap(Mapping[str, Observed]):
-    """Every collector's ``Observed``, each made when first asked for (a pass reads a few)."""
-
-    def __init__(self, records: Mapping[str, CollectorRecord]) -> None:
-        self._records = records
-        self._made: dict[str, Observed] = {}
-
-    def __getitem__(self, collector_id: str) -> Observed:
-        made = self._made.get(collector_id)
-        if made is None:
-            made = self._made[collector_id] = self._records[collector_id].observe()
-        return made
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._records)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __contains__(self, collector_id: object) -> bool:
-        return collector_id in self._records
-
-
-class Executor:
+class Executor(ProbeLoops):
     """Records and effects of every collector; see the module docstring."""
 
     def __init__(
@@ -603,73 +581,6 @@ class Executor:
         record.desired = desired
         kind = "paused" if pause else "resumed"
         self.emit(record, kind, f"{kind} (pid {run.pid})")
-
-    # -- health probes ----------------------------------------------------------
-
-    def restart_probe(self, record: CollectorRecord, run: Run) -> None:
-        if record.probe_task is not None:
-            record.probe_task.cancel()
-            record.probe_task = None
-        record.probe_failures = 0
-        record.probe_passed = None
-        record.probe_detail = ""
-        if record.config.health_check is not None:
-            record.probe_task = asyncio.ensure_future(self._probe_loop(record, run))
-
-    async def _probe_loop(self, record: CollectorRecord, run: Run) -> None:
-        """Probe every interval; the counts go to the record, the decision to the planner."""
-        while not run.exited.done():
-            check = record.config.health_check
-            if check is None:
-                return
-            interval = check.interval_seconds or self.config.health_check_interval_seconds
-            await self.clock.sleep(interval)
-            if record.state != CollectorState.RUNNING or record.run is not run:
-                continue
-            result = await self.driver.probe(run, check, cwd=record.config.working_dir)
-            if record.run is not run:
-                return
-            if result.ok:
-                was_failing = record.probe_failures > 0
-                record.probe_failures, record.probe_passed = 0, True
-                record.probe_detail = result.detail
-                if was_failing:
-                    self.emit(record, "probe", f"health probe passes again: {result.detail}")
-                continue
-            record.probe_failures += 1
-            record.probe_passed = False
-            record.probe_detail = result.detail
-            self.emit(
-                record,
-                "probe",
-                f"health probe failed ({record.probe_failures}/{check.failure_threshold}): "
-                f"{result.detail}",
-            )
-
-    def restart_ready_probe(self, record: CollectorRecord, run: Run) -> None:
-        """Probe the ``ready_check`` of a new process until it passes once."""
-        if record.ready_task is not None:
-            record.ready_task.cancel()
-            record.ready_task = None
-        record.ready_detail = ""
-        if record.config.ready_check is not None:
-            record.ready_task = asyncio.ensure_future(self._ready_loop(record, run))
-
-    async def _ready_loop(self, record: CollectorRecord, run: Run) -> None:
-        while not run.exited.done() and record.run is run:
-            check = record.config.ready_check
-            if check is None:
-                return
-            result = await self.driver.probe(run, check, cwd=record.config.working_dir)
-            if record.run is not run:
-                return
-            if result.ok:
-                record.ready_probe_run = run
-                record.ready_detail = result.detail
-                self.emit(record, "probe", f"ready_check passed: {result.detail}")
-                return
-            record.ready_detail = result.detail
-            await self.clock.sleep(check.interval_seconds)
 
     # -- shutting down ----------------------------------------------------------
 

@@ -9,6 +9,7 @@ metrics as a ``CollectorStatus`` (``status``). Used by the executor only.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from reconciler.plan.health import HealthFacts, health
@@ -153,3 +154,26 @@ class CollectorRecord:
             backoff_seconds=backoff,
             probe_failures=self.probe_failures if run is not None else 0,
         )
+
+
+class ObservedMap(Mapping[str, Observed]):
+    """Every collector's ``Observed``, each made when first asked for (a pass reads a few)."""
+
+    def __init__(self, records: Mapping[str, CollectorRecord]) -> None:
+        self._records = records
+        self._made: dict[str, Observed] = {}
+
+    def __getitem__(self, collector_id: str) -> Observed:
+        made = self._made.get(collector_id)
+        if made is None:
+            made = self._made[collector_id] = self._records[collector_id].observe()
+        return made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, collector_id: object) -> bool:
+        return collector_id in self._records

@@ -205,6 +205,7 @@ def _live(case: _Case, defaults: ProcessManagerConfig) -> Action | None:
     check = case.desired.spec.health_check
     if (
         observed.state == CollectorState.RUNNING
+        and want == DesiredState.RUNNING  # to be paused: pause it, a restart first is waste
         and check is not None
         and observed.probe_failures >= check.failure_threshold
         and RestartPolicy.resolve(case.desired.spec, defaults).auto_restart

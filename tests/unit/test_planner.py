@@ -357,3 +357,17 @@ def test_plan_is_deterministic_and_pure() -> None:
 )
 def test_converged(d: Desired, o: Observed | None, expected: bool) -> None:
     assert converged(d, o, None) is expected
+
+
+def test_an_unhealthy_collector_to_be_paused_is_paused_not_restarted() -> None:
+    """Found by test_plan_converges: a restart for the probe, then the pause, took a pass
+    more than three; a paused collector is not probed, so the restart bought nothing."""
+    check = {"tcp": "127.0.0.1:9", "failure_threshold": 1}
+    d = desired(state="paused", health_check=check)
+    o = replace(observed(S.RUNNING, health_check=check), probe_failures=1, probe_detail="refused")
+    [action] = plan({"web": d}, {"web": o}, 0.0)
+    assert isinstance(action, Pause) and action.reason == "spec state is paused"
+    running = desired(health_check=check)
+    o = replace(observed(S.RUNNING, health_check=check), probe_failures=1, probe_detail="refused")
+    [action] = plan({"web": running}, {"web": o}, 0.0)
+    assert isinstance(action, Stop) and action.as_crash

@@ -19,7 +19,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 CRASH_DIR_NAME = "crashes"
 KEEP_PER_COLLECTOR = 20
@@ -43,15 +43,48 @@ CORE_SIGNALS = frozenset(
 """Signals whose default action dumps core."""
 
 
-def log_tail(path: Path | None, *, lines: int = TAIL_LINES) -> list[str]:
-    """The last ``lines`` lines of ``path`` (read from its last ``TAIL_BYTES``)."""
-    if path is None:
+class LogSnapshot:
+    """A log file held open at a run's end, and its size then.
+
+    The next run's start moves the file to ``<id>.previous.log`` and appends to a
+    new one: the descriptor follows the moved file, and the size is where this
+    run's output ended.
+    """
+
+    def __init__(self, file: BinaryIO, size: int) -> None:
+        self.file = file
+        self.size = size
+
+    @classmethod
+    def take(cls, path: Path | None) -> LogSnapshot | None:
+        if path is None:
+            return None
+        try:
+            file = path.open("rb")
+        except OSError:
+            return None
+        try:
+            return cls(file, os.fstat(file.fileno()).st_size)
+        except OSError:
+            file.close()
+            return None
+
+
+def log_tail(log: Path | LogSnapshot | None, *, lines: int = TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines of a log (read from its last ``TAIL_BYTES``).
+
+    A snapshot is read up to its size then (shorter, if rotated since), and closed.
+    """
+    if log is None:
+        return []
+    snapshot = log if isinstance(log, LogSnapshot) else LogSnapshot.take(log)
+    if snapshot is None:
         return []
     try:
-        with path.open("rb") as log:
-            size = os.fstat(log.fileno()).st_size
-            log.seek(max(0, size - TAIL_BYTES))
-            data = log.read(TAIL_BYTES)
+        with snapshot.file as file:
+            size = min(snapshot.size, os.fstat(file.fileno()).st_size)
+            file.seek(max(0, size - TAIL_BYTES))
+            data = file.read(min(TAIL_BYTES, size))
     except OSError:
         return []
     text = data.decode("utf-8", errors="replace").splitlines()
@@ -102,7 +135,7 @@ class CrashRecorder:
         exit_code: int | None,
         description: str,
         run_seconds: float,
-        log_path: Path | None,
+        log: Path | LogSnapshot | None,
         core_dump: bool,
         cwd: str,
         wall_time: float | None = None,
@@ -117,7 +150,7 @@ class CrashRecorder:
             "signal": _signal_name(signal_number),
             "description": description,
             "run_seconds": round(run_seconds, 3),
-            "log_tail": log_tail(log_path),
+            "log_tail": log_tail(log),
             "core_file": (
                 find_core(signal_number=signal_number, cwd=cwd, since=when - run_seconds)
                 if core_dump

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler.api import ApiServer
-from reconciler.crashes import CRASH_DIR_NAME, CrashRecorder, list_files
+from reconciler.crashes import CRASH_DIR_NAME, CrashRecorder, LogSnapshot, list_files
 from reconciler.errors import InvalidSpec, ProcessNotFound, ReconcilerError
 from reconciler.loop import Applied, Reconciler, resolve_spec_paths, run_until
 from reconciler.metrics import MetricsServer
@@ -41,6 +41,8 @@ log = logging.getLogger("reconciler")
 
 STATE_SAVE_DELAY_SECONDS = 0.05
 """Coalesces bursts of changes into one write of the state file."""
+CRASH_RECORD_DELAY_SECONDS = 0.02
+"""A crash record is written this long after the exit: after its replacement's start."""
 STATE_CHANGING_EVENTS = frozenset(
     {
         "started",
@@ -172,6 +174,8 @@ class Daemon:
         self.metrics = MetricsServer(self.reconciler, address=settings.metrics_address)
         self._spec_dumps: dict[str, dict[str, Any]] = {}
         self.crashes = CrashRecorder(self.state_dir / CRASH_DIR_NAME)
+        self._pending_crashes: list[tuple[str, dict[str, Any]]] = []
+        self._crash_handle: asyncio.TimerHandle | None = None
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; what needs a restart is said in the log."""
@@ -230,7 +234,11 @@ class Daemon:
             self._record_crash(event)
 
     def _record_crash(self, event: ManagerEvent) -> None:
-        """An exit the spec did not ask for: keep what it left (``reconciler crashes``)."""
+        """An exit the spec did not ask for: keep what it left (``reconciler crashes``).
+
+        The facts are taken now; the file is written ``CRASH_RECORD_DELAY_SECONDS``
+        later, so that the replacement is not started behind a file write.
+        """
         try:
             collector = self.manager.executor.get(event.collector_id)
         except ProcessNotFound:
@@ -238,21 +246,32 @@ class Daemon:
         config = collector.config
         limits = config.resource_limits
         log_path = self.log_dir / f"{event.collector_id}.log" if config.log == "file" else None
-        try:
-            crash = self.crashes.record(
-                event.collector_id,
-                exit_code=collector.last_exit_code,
-                description=event.message,
-                run_seconds=collector.exit.run_seconds if collector.exit is not None else 0.0,
-                log_path=log_path,
-                core_dump=limits is not None and limits.core_dump,
-                cwd=config.working_dir or os.getcwd(),
-                wall_time=event.wall_time,
+        facts = {
+            "exit_code": collector.last_exit_code,
+            "description": event.message,
+            "run_seconds": collector.exit.run_seconds if collector.exit is not None else 0.0,
+            # Held open now: the replacement's start moves the file aside.
+            "log": LogSnapshot.take(log_path),
+            "core_dump": limits is not None and limits.core_dump,
+            "cwd": config.working_dir or os.getcwd(),
+            "wall_time": event.wall_time,
+        }
+        self._pending_crashes.append((event.collector_id, facts))
+        if self._crash_handle is None:
+            self._crash_handle = asyncio.get_running_loop().call_later(
+                CRASH_RECORD_DELAY_SECONDS, self._write_crashes
             )
-        except OSError as exc:
-            log.warning("%s: cannot write its crash record: %s", event.collector_id, exc)
-            return
-        self.reconciler.last_crashes[event.collector_id] = crash
+
+    def _write_crashes(self) -> None:
+        self._crash_handle = None
+        pending, self._pending_crashes = self._pending_crashes, []
+        for collector_id, facts in pending:
+            try:
+                crash = self.crashes.record(collector_id, **facts)
+            except OSError as exc:
+                log.warning("%s: cannot write its crash record: %s", collector_id, exc)
+                continue
+            self.reconciler.last_crashes[collector_id] = crash
 
     def _remember_crash(self, path: Path) -> None:
         try:
@@ -367,6 +386,9 @@ class Daemon:
             await run_until(self.reconciler, self.stop_requested, keep_collectors=self._keeps)
         finally:
             notifier.cancel()
+            if self._crash_handle is not None:
+                self._crash_handle.cancel()
+            self._write_crashes()
             if self._save_handle is not None:
                 self._save_handle.cancel()
             self._save_state()

@@ -17,6 +17,8 @@ import itertools
 from collections.abc import Callable
 from typing import Any, Protocol
 
+MIN_BREATHE_SECONDS = 0.002
+
 
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
@@ -35,8 +37,13 @@ class Clock:
         await asyncio.sleep(seconds)
 
     async def breathe(self, seconds: float) -> None:
-        """Let other work run for about ``seconds`` of real time (between loop passes)."""
-        await asyncio.sleep(seconds)
+        """Let other work run for about ``seconds`` of real time (between loop passes).
+
+        Under ``MIN_BREATHE_SECONDS`` it only yields once: the loop's timers wake no
+        sooner than the next millisecond, so a 0.6 ms pause cost a crash's replacement
+        about 1.2 ms (measured exit -> fork, 200 collectors).
+        """
+        await asyncio.sleep(seconds if seconds >= MIN_BREATHE_SECONDS else 0)
 
     async def wait(self, future: asyncio.Future[Any], timeout_seconds: float) -> bool:
         """Wait for ``future`` at most ``timeout_seconds``; whether it is done."""

@@ -64,6 +64,25 @@ def test_a_crash_is_recorded_with_its_exit_and_last_log_lines(
 
 
 @pytest.mark.timeout(60)
+def test_the_record_keeps_the_crashed_runs_tail_when_the_next_run_writes_at_once(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    # The record is written after the replacement has started (so as not to delay it);
+    # the replacement's own lines must not end up in it.
+    flag = tmp_path / "crashed-once"
+    (daemon.specs / "a.toml").write_text(
+        _spec(daemon, f'if [ ! -e {flag} ]; then : > {flag}; echo "first run"; exit 4; fi; '
+                      'for i in $(seq 200); do echo "second run $i"; done; exec sleep 300')
+    )
+    wait_for(lambda: list_files(daemon.state / "crashes", "a"), message="a crash record")
+    log = daemon.state / "logs" / "a.log"
+    wait_for(lambda: log.exists() and "second run 200" in log.read_text(), message="run 2")
+    [record] = json.loads(_crashes(daemon, "a", "--json").stdout)
+    assert record["exit_code"] == 4
+    assert record["log_tail"] == ["first run"]
+
+
+@pytest.mark.timeout(60)
 def test_a_signal_that_dumps_core_names_the_core_file(daemon: Daemon, tmp_path: Path) -> None:
     if CORE_PATTERN.read_text().strip() != "core":
         pytest.skip("this machine's core_pattern is not a plain file name")
@@ -88,8 +107,8 @@ def test_old_records_are_pruned(tmp_path: Path) -> None:
     recorder = CrashRecorder(tmp_path / "crashes", keep=3)
     for n in range(5):
         recorder.record("a", exit_code=n, description=f"exited with code {n}", run_seconds=1.0,
-                        log_path=None, core_dump=False, cwd=str(tmp_path), wall_time=1000.0 + n)
-    recorder.record("b", exit_code=1, description="x", run_seconds=1.0, log_path=None,
+                        log=None, core_dump=False, cwd=str(tmp_path), wall_time=1000.0 + n)
+    recorder.record("b", exit_code=1, description="x", run_seconds=1.0, log=None,
                     core_dump=False, cwd=str(tmp_path), wall_time=999.0)
     kept = [json.loads(p.read_text())["exit_code"] for p in list_files(tmp_path / "crashes", "a")]
     assert kept == [2, 3, 4], "the newest three of a"

@@ -9,7 +9,11 @@ Each tool runs as its real command (``reconciler run``, ``supervisord -n``, ``ci
 temp dir, on the same programs; supervisord and circus come from ``.bench/peers-venv``
 (``bench/compare/setup-peers.sh``, created on first use; never a project dependency). Rows are
 measured one group after the other, and within a group round by round with the tools in rotating
-order, so that drift of the machine hits all tools alike. The groups (``compare/rows.py``):
+order, so that drift of the machine hits all tools alike. The reconciler measured is, by default,
+a regular ``pip install`` of the working tree in ``.bench/reconciler-venv`` (what users install;
+``--reconciler-install dev``: the venv running the benchmark, the editable install; ``--quick``
+defaults to that, so the smoke test needs no install). The results' header says which. The
+groups (``compare/rows.py``):
 
 - ``cold``: daemon spawned -> all ``--small`` programs exec'd;
 - ``fleet`` (``--fleet`` programs): cold start; idle CPU (the daemon's own /proc ticks, and
@@ -17,7 +21,9 @@ order, so that drift of the machine hits all tools alike. The groups (``compare/
   ``supervisorctl status``, ``circusctl status``); crash -> replacement exec'd;
 - ``large`` (``--large``): cold start; for the reconciler /metrics scrape latency and CPU;
 - ``storm``: programs exiting after 0.1 s: CPU, restarts, CPU per restart;
-- ``apply``: one new program added to a running fleet (config file -> exec).
+- ``apply``: one new program added to a running fleet (config file -> exec);
+- ``ctl`` (not in the default set: ``fleet`` has its row): only the control command, on a
+  settled ``--fleet`` (``compare/ctl_rows.py``), in a fraction of ``fleet``'s time.
 
 Processes are seen through the kernel's process events (``compare/observe.py``: exec times to
 the microsecond, nothing polls). Prints the Markdown table (and ``--json``), and writes it to
@@ -45,6 +51,7 @@ from pathlib import Path
 
 import psutil
 from compare import report
+from compare.ctl_rows import measure_ctl
 from compare.observe import Observer, open_observer
 from compare.rows import (
     QUICK,
@@ -58,7 +65,17 @@ from compare.rows import (
 )
 from compare.session import BenchError, become_subreaper, raise_open_files_limit, reap_orphans
 from compare.stop_rows import measure_leak, measure_stop_all
-from compare.tools import PEERS_VENV, Circus, Reconciler, Supervisord, Tool, tools_venv, versions
+from compare.tools import (
+    PEERS_VENV,
+    RECONCILER_VENV,
+    Circus,
+    Reconciler,
+    Supervisord,
+    Tool,
+    reconciler_venv,
+    tools_venv,
+    versions,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS_PATH = HERE / "compare" / "RESULTS.md"
@@ -66,7 +83,8 @@ KEPT_SECTION = "## Rows not won"
 """Written by hand after a run: kept when the script rewrites RESULTS.md."""
 TOOL_NAMES = ("reconciler", "supervisord", "circus")
 ISSUE_GROUPS = ("cold", "fleet", "large", "storm", "apply")
-ALL_GROUPS = (*ISSUE_GROUPS, "stop", "leak")
+ALL_GROUPS = (*ISSUE_GROUPS, "stop", "leak", "ctl")
+INSTALLS = ("wheel", "dev")
 MARK_ENV = "RECONCILER_TEST_SESSION"
 
 
@@ -81,6 +99,10 @@ def measured(figures: Figures, tool: Tool, group: str, run, **kwargs) -> None:
     print(f"  {tool.name} {group}: {time.monotonic() - started:.1f} s", file=sys.stderr)
 
 
+SIMPLE_GROUPS = {"large": measure_large, "storm": measure_storm, "ctl": measure_ctl}
+"""Groups measured by one call per tool and round, with no other argument."""
+
+
 def run_group(group: str, *, tools: list[Tool], args, settings: Settings, observer: Observer,
               figures: Figures, rng: random.Random) -> None:
     rounds = 1 if group in ("stop", "leak") else args.rounds
@@ -92,18 +114,13 @@ def run_group(group: str, *, tools: list[Tool], args, settings: Settings, observ
         shift = round_index % len(tools)
         for tool in tools[shift:] + tools[:shift]:
             common = {"observer": observer, "settings": settings}
-            if group == "cold":
+            if group in SIMPLE_GROUPS:
+                measured(figures, tool, group, SIMPLE_GROUPS[group], **common)
+            elif group == "cold":
                 measured(figures, tool, group, measure_cold, count=settings.small, **common)
-            elif group == "fleet":
-                measured(figures, tool, group, measure_fleet, rng=rng, round_index=round_index,
-                         **common)
-            elif group == "large":
-                measured(figures, tool, group, measure_large, **common)
-            elif group == "storm":
-                measured(figures, tool, group, measure_storm, **common)
-            elif group == "apply":
-                measured(figures, tool, group, measure_apply, rng=rng, round_index=round_index,
-                         **common)
+            elif group in ("fleet", "apply"):
+                run = measure_fleet if group == "fleet" else measure_apply
+                measured(figures, tool, group, run, rng=rng, round_index=round_index, **common)
             elif group == "stop":
                 measured(figures, tool, group, measure_stop_all, **common)
                 if isinstance(tool, Supervisord):
@@ -141,6 +158,14 @@ def code_under_test() -> str:
     return git("rev-parse", "--short", "HEAD") + (f" + uncommitted: {changed}" if dirty else "")
 
 
+def install_line(args: argparse.Namespace) -> str:
+    """Which reconciler was measured, for the results' header."""
+    if args.reconciler_install == "dev":
+        return (f"the venv running the benchmark ({Path(sys.executable).parent.parent}: the "
+                "developer's editable install)")
+    return f"`pip install` of the working tree (not editable) in {args.reconciler_venv}"
+
+
 def write_results(text: str, *, args, settings: Settings, observer, tool_versions,
                   notes: list[str]) -> None:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -161,6 +186,7 @@ def write_results(text: str, *, args, settings: Settings, observer, tool_version
         f"- machine: {machine()}",
         f"- Python {platform.python_version()}; {listed}",
         f"- reconciler code: {code_under_test()}",
+        f"- reconciler install measured: {install_line(args)}",
         f"- command: `{command}`",
         f"- sizes and windows: {sizes}; {args.rounds} rounds",
         f"- observed with: {observer.name}",
@@ -208,6 +234,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--peers-venv", type=Path, default=PEERS_VENV,
                         help="venv of supervisor and circus (created if missing)")
+    parser.add_argument(
+        "--reconciler-install", choices=INSTALLS, default=None,
+        help="wheel: pip install of the working tree into --reconciler-venv (default); dev: the "
+        "venv running this script (the editable install; the default with --quick)",
+    )
+    parser.add_argument("--reconciler-venv", type=Path, default=RECONCILER_VENV,
+                        help="where --reconciler-install wheel installs it (made if missing)")
     parser.add_argument("--polling", action="store_true", help="psutil polling, not kernel events")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
@@ -216,6 +249,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.rounds is None:
         args.rounds = 1 if args.quick else 2
+    if args.reconciler_install is None:
+        args.reconciler_install = "dev" if args.quick else "wheel"
     args.groups = ALL_GROUPS if args.rows == "all" else tuple(args.rows.split(","))
     unknown = set(args.groups) - set(ALL_GROUPS) | set(args.tools.split(",")) - set(TOOL_NAMES)
     if unknown:
@@ -233,7 +268,11 @@ def main() -> None:
     names = args.tools.split(",")
     peers = [name for name in names if name != "reconciler"]
     venv = tools_venv(args.peers_venv) if peers else None
-    everyone: list[Tool] = [Reconciler(Path(sys.executable).with_name("reconciler"))]
+    ours = None
+    if "reconciler" in names and args.reconciler_install == "wheel":
+        ours = reconciler_venv(args.reconciler_venv)
+    executable = (ours / "bin" if ours is not None else Path(sys.executable).parent) / "reconciler"
+    everyone: list[Tool] = [Reconciler(executable)]
     if venv is not None:
         everyone += [Supervisord(venv), Circus(venv)]
     tools = [tool for tool in everyone if tool.name in names]
@@ -257,6 +296,9 @@ def main() -> None:
 
     rows = [row for row in report.issue_rows(settings) if row.group in args.groups]
     rows += [row for row in report.stop_rows() if row.group in args.groups]
+    if "ctl" in args.groups and "fleet" not in args.groups:
+        rows += [dataclasses.replace(row, group="ctl") for row in report.issue_rows(settings)
+                 if row.metric == "ctl_ms"]
     lines = report.evaluate(figures, rows, names)
     text = report.markdown(lines)
     print(text)
@@ -270,6 +312,7 @@ def main() -> None:
         + ", ".join(f"{value:.2f}" for value in os.getloadavg()),
         f"- kernel event overflows (resynchronised from /proc): {observer.overflows}",
         f"- benchmark is a child subreaper: {subreaper}",
+        f"- reconciler install measured: {install_line(args)}",
         *(f"- load average at the start of {load}" for load in figures.loads),
     ]
     for name, errors in figures.errors.items():
@@ -282,7 +325,7 @@ def main() -> None:
             {"settings": dataclasses.asdict(settings), "tools": names,
              "rows": report.as_json(lines), "errors": figures.errors}, indent=2))
     if not args.no_write:
-        tool_versions = versions(venv) if venv is not None else versions(None)
+        tool_versions = versions(venv, ours)
         write_results(text, args=args, settings=settings, observer=observer,
                       tool_versions=tool_versions, notes=notes)
         print(f"\nwritten to {RESULTS_PATH}", file=sys.stderr)

@@ -2,8 +2,12 @@
 
 Used by ``bench/compare_bench.py`` and ``bench/scaling.py``. supervisord and circus come from a
 venv of their own that ``tools_venv`` (or ``bench/compare/setup-peers.sh``) creates in
-``.bench/peers-venv`` (git-ignored; pinned versions, never a project dependency); the reconciler
-is the ``reconciler`` command of the venv running the benchmark.
+``.bench/peers-venv`` (git-ignored; pinned versions, never a project dependency). The reconciler
+is the ``reconciler`` command of ``.bench/reconciler-venv``, where ``reconciler_venv`` installs
+the working tree as users install it: ``pip install`` of the project (a wheel built from a copy
+of the tree), not the developer's editable install, whose import finder alone costs every
+interpreter start ~10 ms (``bench/status_cost.py``). ``compare_bench.py --reconciler-install dev``
+measures the venv running the benchmark instead.
 
 Besides a config and a command, each tool says how an operator runs a no-op control command
 (``control_command``: each tool's ``status``) and adds one program to a running fleet
@@ -29,6 +33,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +41,12 @@ from typing import Protocol
 
 import tomli_w
 
-PEERS_VENV = Path(__file__).resolve().parents[2] / ".bench" / "peers-venv"
+ROOT = Path(__file__).resolve().parents[2]
+PEERS_VENV = ROOT / ".bench" / "peers-venv"
+RECONCILER_VENV = ROOT / ".bench" / "reconciler-venv"
+PACKAGING = ("pyproject.toml", "README.md", "reconciler")
+"""What ``pip install`` of the project reads: copied, so that the build writes nothing into the
+working tree (setuptools leaves ``build/`` and ``*.egg-info`` beside its input)."""
 SUPERVISOR_VERSION = "4.3.0"
 CIRCUS_VERSION = "0.19.0"
 CTL_TIMEOUT_SECONDS = 60
@@ -358,19 +368,67 @@ def tools_venv(path: Path = PEERS_VENV) -> Path:
     return path
 
 
-def versions(venv: Path | None) -> dict[str, str]:
-    """Versions of the tools (and what they run on) for the results file."""
-    found = {
-        "reconciler": importlib.metadata.version("reconciler"),
-        "psutil (reconciler venv)": importlib.metadata.version("psutil"),
-    }
-    if venv is None:
-        return found
+def _ensure_venv(path: Path) -> list[str]:
+    """A venv at ``path`` (made if missing, under a git-ignored ``.bench/``); its pip command."""
+    if not (path / "bin" / "python").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ignore = path.parent / ".gitignore"
+        if path.parent.name == ".bench" and not ignore.exists():
+            ignore.write_text("*\n")  # nothing in .bench/ is ever committed
+        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=300)
+    return [str(path / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--quiet"]
+
+
+def reconciler_venv(path: Path = RECONCILER_VENV, source: Path = ROOT) -> Path:
+    """A venv holding the working tree's reconciler as a regular (non-editable) install.
+
+    Re-installed at every call, so that it is the code under test (``code_under_test`` in the
+    results names the commit and any uncommitted change): the first call also installs the
+    dependencies (~20 s); later ones rebuild only the project (a few seconds).
+    """
+    pip = _ensure_venv(path)
+    print(f"installing {source} into {path} (pip install, not editable) ...", file=sys.stderr,
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="reconciler-build-") as scratch:
+        tree = Path(scratch) / "reconciler-src"
+        tree.mkdir()
+        for name in PACKAGING:
+            if (source / name).is_dir():
+                shutil.copytree(source / name, tree / name,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(source / name, tree / name)
+        # Dependencies once (only if missing), then the project itself, always: pip would call
+        # the same version "already satisfied" and keep the previous build.
+        subprocess.run([*pip, "install", str(tree)], check=True, timeout=900)
+        subprocess.run([*pip, "install", "--no-deps", "--force-reinstall", str(tree)],
+                       check=True, timeout=900)
+    return path
+
+
+def _pip_versions(venv: Path) -> dict[str, str]:
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
     listed = subprocess.run(
         [*pip, "list", "--format=json"], capture_output=True, text=True, check=True, timeout=120
     )
-    installed = {entry["name"].lower(): entry["version"] for entry in json.loads(listed.stdout)}
+    return {entry["name"].lower(): entry["version"] for entry in json.loads(listed.stdout)}
+
+
+def versions(venv: Path | None, reconciler_venv: Path | None = None) -> dict[str, str]:
+    """Versions of the tools (and what they run on) for the results file; ``reconciler_venv``:
+    where the reconciler measured is installed (None: the venv running the benchmark)."""
+    if reconciler_venv is None:
+        found = {
+            "reconciler": importlib.metadata.version("reconciler"),
+            "psutil (reconciler venv)": importlib.metadata.version("psutil"),
+        }
+    else:
+        own = _pip_versions(reconciler_venv)
+        found = {"reconciler": own["reconciler"], "psutil (reconciler venv)": own["psutil"]}
+    if venv is None:
+        return found
+    installed = _pip_versions(venv)
     for name in ("supervisor", "circus", "tornado", "pyzmq", "psutil"):
         if name in installed:
             found[name if name != "psutil" else "psutil (tools venv)"] = installed[name]

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler.errors import InvalidSpec, ProcessManagerError, ProcessNotFound
 from reconciler.plan.actions import Action, Rollback, kind
@@ -41,12 +41,13 @@ from reconciler.spec.identity import process_hash, spec_hash
 from reconciler.spec.load import collector_id_from_filename, parse_spec
 from reconciler.spec.models import CollectorConfig, CollectorSpec
 from reconciler.spec.order import after_problems
-from reconciler.state import CollectorState, CollectorStatus, DesiredState
+from reconciler.state import CollectorState, CollectorStatus, DesiredState, HealthStatus
 
 __all__ = [
     "Applied",
     "CollectorView",
     "Event",
+    "ExportedCollector",
     "Reconciler",
     "resolve_spec_paths",
     "run_until",
@@ -103,6 +104,32 @@ class CollectorView:
     @property
     def state(self) -> CollectorState:
         return self.status.state if self.status is not None else CollectorState.STOPPED
+
+
+class ExportedCollector(NamedTuple):
+    """What the metrics exporter shows of one collector: the fields of its ``CollectorView``
+    (and of the view's ``CollectorStatus``) that DESIGN §9 exports, with the same values.
+
+    A tuple, made without a view or a status: at 1000 collectors, every scrape.
+    """
+
+    collector_id: str
+    collector_type: str
+    state: CollectorState
+    desired: DesiredState
+    """The effective desired state (``CollectorView.desired``)."""
+    health: HealthStatus | None
+    """``None`` when the manager never ran it (``CollectorView.status is None``)."""
+    start_time: float | None
+    restart_count: int
+    last_exit_code: int | None
+    uptime_seconds: float
+    backoff_seconds: float
+    applied_spec_hash: str | None
+    ready: bool
+    rejected_hash: str | None
+    """``CollectorView.rejected.spec_hash``."""
+    spec_file: str | None
 
 
 def resolve_spec_paths(spec: CollectorSpec, specs_dir: Path) -> CollectorConfig:
@@ -559,6 +586,78 @@ class Reconciler:
                     rejected=_rejected(record, loaded.spec_hash if loaded else None),
                     held=hold.reason if hold is not None else None,
                     held_cause=hold.cause if hold is not None else None,
+                )
+            )
+        return result
+
+    def exported(self) -> list[ExportedCollector]:
+        """What ``views()`` says of every collector that the metrics exporter shows, in its order.
+
+        Read at every scrape. The same facts as ``views()`` (a test holds
+        them equal), without what only the API and status show (the
+        convergence check, log file, crash record, holds), and with no view
+        or status object per collector: ``views()`` at 1000 collectors took
+        12-19 ms, most of a scrape.
+        """
+        snapshot = self.snapshot
+        specs, problems = snapshot.specs, snapshot.problems
+        problems_by_id = (
+            {
+                problem.collector_id: problem
+                for problem in problems.values()
+                if problem.collector_id is not None
+            }
+            if problems
+            else {}
+        )
+        records = self.manager.executor.records
+        known = sorted(specs.keys() | records.keys() | problems_by_id.keys())
+        desired_all, overrides = self.desired(), self.overrides
+        now = self.controller.clock.now()
+        stopped, result = CollectorState.STOPPED, []
+        for collector_id in known:
+            loaded = specs.get(collector_id)
+            record = records.get(collector_id)
+            desired = desired_all.get(collector_id)
+            want = (
+                DesiredState.STOPPED
+                if desired is None
+                else effective_state(desired, overrides.get(collector_id))
+            )
+            file_hash = loaded.spec_hash if loaded is not None else None
+            if loaded is not None:
+                spec_file: str | None = f"{collector_id}.toml"
+            else:
+                problem = problems_by_id.get(collector_id)
+                spec_file = problem.file if problem is not None else None
+            if record is None:
+                result.append(
+                    ExportedCollector(
+                        collector_id, loaded.spec.type if loaded is not None else "", stopped,
+                        want, None, None, 0, None, 0.0, 0.0, None, False, None, spec_file,
+                    )
+                )  # fmt: skip
+                continue
+            run, applied, rejected = record.run, record.applied, record.rejected
+            # Positional: a NamedTuple by keywords costs twice as much, 1000 times a scrape.
+            result.append(
+                ExportedCollector(
+                    collector_id,
+                    loaded.spec.type if loaded is not None else record.collector_type,
+                    record.state,
+                    want,
+                    record.health(),
+                    run.started_wall if run is not None else None,
+                    record.restart_count,
+                    record.last_exit_code,
+                    now - run.started_at if run is not None else 0.0,
+                    record.backoff_seconds(now),
+                    applied.spec_hash if applied is not None else None,
+                    record.ready,
+                    rejected.spec_hash
+                    if rejected is not None and rejected.spec_hash == file_hash
+                    else None,
+                    spec_file,
                 )
             )
         return result

@@ -132,11 +132,14 @@ class CollectorRecord:
             self._health = health(HealthFacts(*facts))
         return self._health
 
+    def backoff_seconds(self, now: float) -> float:
+        """Delay left before the next automatic restart (0 when none is pending)."""
+        if self.state == CollectorState.BACKOFF and self.backoff_until is not None:
+            return max(0.0, self.backoff_until - now)
+        return 0.0
+
     def status(self, now: float) -> CollectorStatus:
         run = self.run
-        backoff = 0.0
-        if self.state == CollectorState.BACKOFF and self.backoff_until is not None:
-            backoff = max(0.0, self.backoff_until - now)
         return CollectorStatus(
             collector_id=self.collector_id,
             collector_type=self.collector_type,
@@ -151,7 +154,7 @@ class CollectorRecord:
             last_exit_code=self.last_exit_code,
             last_error=self.last_error,
             last_error_code=self.last_error_code,
-            backoff_seconds=backoff,
+            backoff_seconds=self.backoff_seconds(now),
             probe_failures=self.probe_failures if run is not None else 0,
         )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import gzip
 import os
@@ -32,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from reconciler import CollectorProcessManager, CollectorState, ProcessManagerConfig
 from reconciler.errors import InvalidSpec, Io
-from reconciler.loop import Reconciler
+from reconciler.loop import CollectorView, ExportedCollector, Reconciler
 from reconciler.metrics import (
     SPEC_VALID,
     STATE,
@@ -44,6 +43,7 @@ from reconciler.metrics import (
 )
 from reconciler.plan.rollout import Rejected
 from reconciler.source import SpecSource
+from reconciler.state import DesiredState
 from tests.support import MARK_ENV, SESSION_MARK, eventually, marked_pids, new_reconciler
 
 STATES = {"starting", "running", "paused", "stopping", "stopped", "backoff", "failed"}
@@ -687,8 +687,9 @@ async def test_ready_rejected_and_held_follow_the_views(
 ) -> None:
     """The three rollout gauges read what the views and ``rollout_held`` say.
 
-    The views do not compute readiness or rejections yet, so the test makes
-    them say it; the series must follow, and go again when the views stop.
+    The test makes the exporter's views (``Reconciler.exported``) say a
+    collector is ready or rejected; the series must follow, and go again
+    when the views stop.
     """
     write(harness.specs / "a.toml", spec("/bin/sleep", "300"))
     write(harness.specs / "b.toml", spec("/bin/sleep", "300"))
@@ -716,28 +717,20 @@ async def test_ready_rejected_and_held_follow_the_views(
 
     a_hash = scrape.spec_hash("a.toml")
     assert a_hash is not None
-    real_views = harness.reconciler.views
-    rejected_at = time.time()
+    real_exported = harness.reconciler.exported
 
-    def patched_views(only: Any = None) -> list[Any]:
+    def patched_exported() -> list[Any]:
         result = []
-        for view in real_views(only):
+        for view in real_exported():
             if view.collector_id == "a":
-                view = dataclasses.replace(
-                    view, ready=True, rejected=Rejected(a_hash, "not ready in 120 s", rejected_at)
-                )
+                view = view._replace(ready=True, rejected_hash=a_hash)
             elif view.collector_id == "b":
                 # No file name known: the label is still the file the id comes from.
-                view = dataclasses.replace(
-                    view,
-                    ready=False,
-                    spec_file=None,
-                    rejected=Rejected("0123abcd", "crashed", rejected_at),
-                )
+                view = view._replace(ready=False, spec_file=None, rejected_hash="0123abcd")
             result.append(view)
         return result
 
-    monkeypatch.setattr(harness.reconciler, "views", patched_views)
+    monkeypatch.setattr(harness.reconciler, "exported", patched_exported)
     monkeypatch.setattr(Reconciler, "rollout_held", property(lambda self: True))
     scrape = await harness.scrape()
     assert scrape.labelled("reconciler_collector_ready", "id") == {"a": 1, "b": 0, "c": 0}
@@ -756,6 +749,84 @@ async def test_ready_rejected_and_held_follow_the_views(
     assert scrape.samples_named("reconciler_spec_rejected") == []
     assert scrape.value("reconciler_rollout_held") == 0
     assert scrape.labelled("reconciler_collector_ready", "id") == ready
+
+
+def _exported_of(view: CollectorView) -> ExportedCollector:
+    """What ``Reconciler.exported`` must say of the collector ``view`` shows."""
+    status = view.status
+    return ExportedCollector(
+        collector_id=view.collector_id,
+        collector_type=view.collector_type,
+        state=view.state,
+        desired=view.desired,
+        health=status.health if status is not None else None,
+        start_time=status.start_time if status is not None else None,
+        restart_count=status.restart_count if status is not None else 0,
+        last_exit_code=status.last_exit_code if status is not None else None,
+        uptime_seconds=status.uptime_seconds if status is not None else 0.0,
+        backoff_seconds=status.backoff_seconds if status is not None else 0.0,
+        applied_spec_hash=view.applied_spec_hash,
+        ready=view.ready,
+        rejected_hash=view.rejected.spec_hash if view.rejected is not None else None,
+        spec_file=view.spec_file,
+    )
+
+
+async def test_the_exporters_views_say_what_the_views_say(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Reconciler.exported`` (read at each scrape instead of ``views()``) gives, for
+    every collector in every kind of state, the values ``views()`` gives."""
+    reconciler = harness.reconciler
+    write(harness.specs / "run.toml", spec("/bin/sleep", "300"))
+    write(harness.specs / "paused.toml", spec("/bin/sleep", "300", state="paused"))
+    write(harness.specs / "off.toml", spec("/bin/sleep", "300", state="stopped"))
+    write(harness.specs / "failed.toml", spec("/bin/sh", "-c", "exit 3", max_restarts=0))
+    write(
+        harness.specs / "backoff.toml",
+        spec("/bin/sh", "-c", "exit 1", restart_backoff_initial_seconds=30),
+    )
+    write(harness.specs / "kept.toml", spec("/bin/sleep", "300"))
+    write(harness.specs / "override.toml", spec("/bin/sleep", "300"))
+    (harness.specs / "bad.toml").write_text("type = \n")
+    await harness.until(
+        lambda s: (
+            s.value("reconciler_collector_up", id="run") == 1
+            and s.value("reconciler_collector_up", id="kept") == 1
+            and s.value("reconciler_collector_up", id="override") == 1
+            and s.value("reconciler_collector_state", id="paused", state="paused") == 1
+            and s.value("reconciler_collector_state", id="failed", state="failed") == 1
+            and s.value("reconciler_collector_state", id="backoff", state="backoff") == 1
+        )
+    )
+    (harness.specs / "kept.toml").write_text("type = \n")  # last-known-good spec, and a problem
+    await reconciler.operator_override("override", DesiredState.PAUSED)
+    await reconciler.rescan()
+    await harness.until(
+        lambda s: s.value("reconciler_collector_state", id="override", state="paused") == 1
+    )
+    run = reconciler.manager.executor.records["run"]
+    run_hash = reconciler.snapshot.specs["run"].spec_hash
+    monkeypatch.setattr(run, "rejected", Rejected(run_hash, "not ready", time.time()))
+    paused = reconciler.manager.executor.records["paused"]
+    monkeypatch.setattr(paused, "rejected", Rejected("0123abcd", "an older content", time.time()))
+    # The same instant for both, or the uptimes and backoffs differ.
+    now = reconciler.controller.clock.now()
+    monkeypatch.setattr(reconciler.controller.clock, "now", lambda: now)
+
+    expected = [_exported_of(view) for view in reconciler.views()]
+    assert reconciler.exported() == expected
+    by_id = {view.collector_id: view for view in expected}
+    assert set(by_id) == {
+        "run", "paused", "off", "failed", "backoff", "kept", "override", "bad"
+    }  # fmt: skip
+    # The cases are what they were meant to be.
+    assert by_id["run"].rejected_hash == run_hash and by_id["paused"].rejected_hash is None
+    assert by_id["bad"].health is None and by_id["bad"].spec_file == "bad.toml"
+    assert by_id["kept"].state == CollectorState.RUNNING
+    assert "kept.toml" in reconciler.snapshot.problems
+    assert by_id["override"].desired == DesiredState.PAUSED
+    assert by_id["backoff"].backoff_seconds > 0 and by_id["run"].uptime_seconds > 0
 
 
 # -- process tree CPU and memory ------------------------------------------------------------

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import stat
+
+import tomli_w
 
 from reconciler.plan.planner import Override
 from reconciler.plan.rollout import Rejected
 from reconciler.state import DesiredState
-from reconciler.statefile import AdoptionRecord, SavedState, load_state, save_state
+from reconciler.statefile import (
+    STATE_VERSION,
+    AdoptionRecord,
+    SavedState,
+    StateRenderer,
+    _record_to_toml,
+    load_state,
+    save_state,
+)
 
 STATE = SavedState(
     overrides={"web": Override(DesiredState.PAUSED, "abc", "paused by operator")},
@@ -61,3 +72,33 @@ def test_unknown_version_is_not_trusted(tmp_path) -> None:
     path = tmp_path / "state.toml"
     path.write_text("version = 99\n")
     assert load_state(path) == SavedState()
+
+
+def _whole_document(state: SavedState) -> str:
+    """The state file as one ``tomli_w.dumps`` of the whole document."""
+    overrides = {
+        cid: {"action": str(o.action), "spec_hash": o.spec_hash, "reason": o.reason}
+        for cid, o in sorted(state.overrides.items())
+    }
+    collectors = {cid: _record_to_toml(r) for cid, r in sorted(state.collectors.items())}
+    return tomli_w.dumps(
+        {"version": STATE_VERSION, "overrides": overrides, "collectors": collectors}
+    )
+
+
+def test_the_renderer_writes_what_one_dump_of_the_document_would() -> None:
+    renderer = StateRenderer()
+    for state in (SavedState(), STATE, dataclasses.replace(STATE, overrides={})):
+        assert renderer.dumps(state) == _whole_document(state)
+
+
+def test_the_renderer_renders_a_changed_record_again_and_drops_a_gone_one() -> None:
+    renderer = StateRenderer()
+    renderer.dumps(STATE)
+    moved = dict(STATE.collectors)
+    moved["web"] = dataclasses.replace(moved["web"], pid=43, start_ticks=1300, rejected=None)
+    del moved["db"]
+    later = SavedState(overrides=STATE.overrides, collectors=moved)
+    text = renderer.dumps(later)
+    assert text == _whole_document(later)
+    assert "pid = 43" in text and "[collectors.db]" not in text

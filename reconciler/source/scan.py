@@ -218,6 +218,11 @@ class Scanner:
         return self._snapshot
 
     @property
+    def scanned(self) -> bool:
+        """Whether a scan has run (so ``watch_targets`` and ``snapshot`` are from one)."""
+        return self._last_look is not None
+
+    @property
     def watch_targets(self) -> tuple[WatchTarget, ...]:
         """Directories whose events may change the next scan, as of the last scan."""
         return self._watch_targets

@@ -115,7 +115,12 @@ class SpecSource:
         yielded_at = -math.inf
         timed_rescans = 0
         try:
-            snapshot = await asyncio.to_thread(self.scan)
+            # The scan after the watch starts (below) is the one that counts; one
+            # made before only tells what to watch, and the caller's first scan does.
+            if self._scanner.scanned:
+                snapshot = self._scanner.snapshot
+            else:
+                snapshot = await asyncio.to_thread(self.scan)
             while not stop.is_set():
                 if _must_restart(watcher, self._scanner.watch_targets, now=loop.time()):
                     if watcher is not None:

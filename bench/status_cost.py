@@ -73,8 +73,9 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=Path(sys.executable).parent.parent)
     parser.add_argument("--runs", type=int, default=40)
     args = parser.parse_args()
-    python = str(args.venv / "bin" / "python")
-    script = str(args.venv / "bin" / "reconciler")
+    venv = args.venv.absolute()  # the commands run in "/"
+    python = str(venv / "bin" / "python")
+    script = str(venv / "bin" / "reconciler")
     sock = args.socket
     rows: list[tuple[str, Callable[[], object]]] = [
         ("python -c pass", command([python, "-c", "pass"])),

@@ -7,25 +7,29 @@ pays — does not load the process manager and its dependencies until asked.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import sys
 
-from reconciler.errors import (
-    AlreadyRunning,
-    ErrorCategory,
-    InvalidSpec,
-    InvalidState,
-    Io,
-    PlatformNotSupported,
-    ProcessManagerError,
-    ProcessNotFound,
-    ReconcilerError,
-    SpawnFailed,
-    TerminateFailed,
-    Timeout,
-)
-
+# Not ``typing.TYPE_CHECKING``: importing typing (~4 ms) is more than a ``reconciler status``
+# may spend on start-up, and every client command imports this package first. Type checkers
+# take a module-level name TYPE_CHECKING as true whatever its value (as typing's own is).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
+    from reconciler.errors import (
+        AlreadyRunning,
+        ErrorCategory,
+        InvalidSpec,
+        InvalidState,
+        Io,
+        PlatformNotSupported,
+        ProcessManagerError,
+        ProcessNotFound,
+        ReconcilerError,
+        SpawnFailed,
+        TerminateFailed,
+        Timeout,
+    )
     from reconciler.process import CollectorProcessManager, ManagerEvent
     from reconciler.spec import (
         CollectorConfig,
@@ -38,7 +42,23 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+_ERRORS = (
+    "AlreadyRunning",
+    "ErrorCategory",
+    "InvalidSpec",
+    "InvalidState",
+    "Io",
+    "PlatformNotSupported",
+    "ProcessManagerError",
+    "ProcessNotFound",
+    "ReconcilerError",
+    "SpawnFailed",
+    "TerminateFailed",
+    "Timeout",
+)
+
 _LAZY = {
+    **dict.fromkeys(_ERRORS, "reconciler.errors"),
     "CollectorProcessManager": "reconciler.process",
     "ManagerEvent": "reconciler.process",
     "CollectorConfig": "reconciler.spec",
@@ -57,13 +77,15 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'reconciler' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    # __import__, not importlib.import_module: the importlib package is one import more.
+    __import__(module)
+    value = getattr(sys.modules[module], name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted((set(globals()) - {"TYPE_CHECKING"}) | set(_LAZY))
 
 
 __all__ = [

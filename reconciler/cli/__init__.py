@@ -16,6 +16,10 @@ control socket (``reconciler.api``), found by ``--socket``, else
 ``$RECONCILER_SOCKET``, else ``/run/reconciler/api.sock``; one that cannot be
 reached is a one-line message naming the socket, exit 1. The console script
 ``reconciler`` calls ``main``.
+
+A client command's start-up is most of its round trip (``bench/status_cost.py``): the parser
+of one command is built without the others' (``build_parser(only=...)``), and the errors
+module (which imports typing) only when a command failed.
 """
 
 from __future__ import annotations
@@ -25,8 +29,7 @@ import os
 import sys
 
 from reconciler import __version__
-from reconciler.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Subcommand
-from reconciler.errors import InvalidSpec, ReconcilerError
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, HelpFormatter, Subcommand
 
 # --- registry and dispatch ------------------------------------------------------------
 
@@ -130,23 +133,32 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
 )
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole parser; with ``only``, every other command's arguments are left out
-    (and their modules unimported): what running one command needs."""
+def build_parser(
+    only: str | None = None, *, arguments: bool = True
+) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, that command's alone (every other one is left out,
+    and its module unimported): what running one command needs. Its help, usage and errors
+    read the same: the top level's usage names ``COMMAND``, not the list of commands.
+    ``arguments=False``: the commands without their arguments, enough for the top level's
+    ``--help``, ``--version`` and errors (declaring ``run``'s imports pydantic)."""
     parser = argparse.ArgumentParser(
         prog="reconciler",
         description="Declarative supervisor for collector processes.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for subcommand in SUBCOMMANDS:
+        if only is not None and subcommand.name != only:
+            continue
         sub = commands.add_parser(
             subcommand.name,
             help=subcommand.help,
             description=subcommand.help,
             usage=subcommand.usage,
+            formatter_class=HelpFormatter,
         )
-        if only is None or subcommand.name == only:
+        if arguments:
             subcommand.add_arguments(sub)
         sub.set_defaults(subcommand=subcommand)
     return parser
@@ -157,7 +169,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     by_name = {subcommand.name: subcommand for subcommand in SUBCOMMANDS}
     cut = argv.index("--") if "--" in argv else len(argv)
     words = [arg for arg in argv[:cut] if not arg.startswith("-")]
-    parser = build_parser(words[0] if words and words[0] in by_name else None)
+    if words and words[0] in by_name:
+        parser = build_parser(words[0])
+    else:
+        # No command (`reconciler --version`, `-h`, or none): nothing can parse past the top
+        # level; but after a "--" a command may still follow.
+        parser = build_parser(arguments=cut < len(argv) or bool(words))
     # argparse cannot take "ID --type T -- ARGS": a "*" positional is consumed,
     # empty, at the ID, and what follows "--" is then "unrecognized". So for a
     # passthrough command the tail is cut off before parsing.
@@ -181,16 +198,26 @@ def main(argv: list[str] | None = None) -> int:
     subcommand: Subcommand = args.subcommand
     try:
         return subcommand.run(args)
-    except InvalidSpec as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_ERROR
-    except ReconcilerError as exc:
-        print(f"{exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_ERROR
     except BrokenPipeError:
         # `reconciler schema | head`: the reader left. Python would print a
         # traceback at exit flushing stdout; point it at /dev/null instead.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_ERROR
+    except Exception as exc:
+        return _failed(exc)
+
+
+def _failed(exc: Exception) -> int:
+    """A ``ReconcilerError`` as lines on stderr (exit 1); anything else goes on up. The errors
+    module is imported here, not at start-up: a command that succeeds never needs it."""
+    from reconciler.errors import InvalidSpec, ReconcilerError
+
+    if isinstance(exc, InvalidSpec):
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_ERROR
+    if isinstance(exc, ReconcilerError):
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    raise exc

@@ -1,18 +1,27 @@
-"""Talking to a running daemon's control socket: the client, its failures, shared formatting."""
+"""Talking to a running daemon's control socket: the client, its failures, shared formatting.
+
+What a ``reconciler status`` imports, measured with ``-X importtime`` (what it saves on each
+call): ``_socket``, not ``socket`` (~5 ms: selectors, and the enums it makes of every
+constant); no ``http.client`` (~30 ms: the email package it parses headers with), no
+``urllib.parse``, no typing.
+"""
 
 from __future__ import annotations
 
-import argparse
+import _socket
 import errno
 import json
 import os
-import socket
 import stat
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from reconciler.cli.common import EXIT_ERROR
+
+TYPE_CHECKING = False  # not typing's: its import costs ~4 ms (type checkers take the name)
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from typing import Any
 
 DEFAULT_SOCKET = "/run/reconciler/api.sock"
 SOCKET_ENV = "RECONCILER_SOCKET"
@@ -92,7 +101,9 @@ def _exchange(
     The daemon is aiohttp, which answers a closed connection with a
     ``Content-Length`` or chunked body; both are read here.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The C socket ``socket.socket`` subclasses: the same calls and errors (OSError, and
+    # TimeoutError on the timeout), without socket.py's import.
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(timeout_seconds)
     try:
         try:

@@ -64,12 +64,14 @@ STATE_CHANGING_EVENTS = frozenset(
         "adopted",
         "failed",
         "spawn_failed",
-        "exited",
         "paused",
         "resumed",
-        "backoff",
     }
 )
+"""Events after which the state file is saved. Not ``exited`` or ``backoff``: the run
+they end stays listed until the restart's ``started`` (or ``failed``, ``stopped``)
+saves, and a successor does not adopt it meanwhile (its pid and start time no longer
+match a live process). A crash loop wrote the file twice per restart."""
 
 
 @dataclass(frozen=True, slots=True)

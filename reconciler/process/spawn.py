@@ -120,7 +120,8 @@ def build_env(
 ) -> dict[str, str]:
     """A minimal inherited base, the run-as user's identity, then the spec's env on top."""
     env = {key: parent_env[key] for key in INHERITED_ENV_KEYS if key in parent_env}
-    env.update({key: value for key, value in parent_env.items() if key.startswith("LC_")})
+    # Keys first: ``os.environ`` decodes each value it yields.
+    env.update({key: parent_env[key] for key in parent_env if key.startswith("LC_")})
     env.setdefault("PATH", DEFAULT_PATH)
     if identity is not None:
         env.update(HOME=identity.home, USER=identity.name, LOGNAME=identity.name)

@@ -10,12 +10,14 @@ import os
 import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 from prometheus_client.core import HistogramMetricFamily
 
 from reconciler.metrics.constants import CLOCK_TICKS_PER_SECOND, PAGE_BYTES, go_float
 from reconciler.process import CollectorProcessManager
+from reconciler.process.driver import Run
 
 # -- /proc ------------------------------------------------------------------------
 
@@ -99,6 +101,9 @@ class KeptFiles:
         """Key -> the file kept open for it."""
         self.used: set[object] = set()
         """Keys read since the last sweep."""
+        self.closes = 0
+        """Kept files closed so far: a descriptor held elsewhere is still this one's while
+        the count is the same (once closed, its number may be another file's)."""
 
     def __len__(self) -> int:
         return len(self.kept)
@@ -112,6 +117,7 @@ class KeptFiles:
             except OSError:
                 del self.kept[key]
                 os.close(fd)
+                self.closes += 1
             else:
                 self.used.add(key)
                 return data
@@ -156,11 +162,13 @@ class KeptFiles:
         if len(read) != len(opened):
             for key in [key for key in opened if key not in read]:
                 os.close(opened.pop(key))
+                self.closes += 1
         read.clear()
 
     def close(self) -> None:
         for fd in self.kept.values():
             os.close(fd)
+        self.closes += len(self.kept)
         self.kept.clear()
         self.used.clear()
 
@@ -171,6 +179,27 @@ def _read_from(fd: int, offset: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
+
+
+class _Unchanged(NamedTuple):
+    """A cgroup-tracked tree as the last scrape read it, with the descriptors of its kept files.
+
+    The next scrape reads the same descriptors first: when ``cgroup.procs``
+    and every ``stat`` line read the same, the tree's samples are the last
+    ones, with no lookup, parse or new object (a sleeping collector's are).
+    """
+
+    run: Run
+    cgroup: Path
+    procs_fd: int
+    procs: bytes
+    stat_fds: tuple[int, ...]
+    lines: tuple[bytes, ...]
+    keys: tuple[object, ...]
+    """The ``KeptFiles`` keys of those descriptors (marked read at each scrape)."""
+    samples: dict[int, _PidSample]
+    closes: int
+    """``KeptFiles.closes`` when made: the descriptors are valid while it is the same."""
 
 
 class TreeReader:
@@ -189,6 +218,8 @@ class TreeReader:
 
     def __init__(self, *, files: KeptFiles | None = None) -> None:
         self.files = KeptFiles() if files is None else files
+        self._unchanged: dict[str, _Unchanged] = {}
+        """Collector id -> its cgroup-tracked tree as last read (the fast path of ``read``)."""
         self._parsed: dict[int, tuple[bytes, _PidSample]] = {}
         """Pid -> its last ``stat`` line and what it says."""
         self._trees: dict[str, tuple[bytes | None, list[int], dict[int, _PidSample]]] = {}
@@ -199,15 +230,25 @@ class TreeReader:
 
         The samples are the reader's: the caller must not change them.
         """
-        files, trees = self.files, self._trees
+        files, trees, unchanged = self.files, self._trees, self._unchanged
         runs = manager.executor.runs()
         untracked = any(run.cgroup_path is None for run in runs.values())
         by_driver = manager.all_tree_pids() if untracked else {}
         result: dict[str, dict[int, _PidSample]] = {}
         count = 0
+        used = files.used
         for collector_id, run in runs.items():
-            last = trees.get(collector_id)
             cgroup = run.cgroup_path
+            fast = unchanged.get(collector_id)
+            if fast is not None and fast.run is run and fast.cgroup is cgroup:
+                again = self._read_again(collector_id, fast)
+                if again is not None:
+                    # At 1000 sleeping collectors, ~3 ms less than the lookups below.
+                    used.update(fast.keys)
+                    result[collector_id] = again
+                    count += len(again)
+                    continue
+            last = trees.get(collector_id)
             procs: bytes | None = None
             if cgroup is None:
                 pids = by_driver.get(collector_id, [run.pid])
@@ -222,16 +263,84 @@ class TreeReader:
                 trees[collector_id] = (procs, pids, samples)
             result[collector_id] = samples
             count += len(samples)
-        if len(trees) > len(result):
-            for gone in [cid for cid in trees if cid not in result]:
-                del trees[gone]
+            self._remember(collector_id, run, procs, pids, samples)
+        self._forget(result, count)
+        files.sweep()
+        return result
+
+    def _forget(self, result: dict[str, dict[int, _PidSample]], count: int) -> None:
+        """Drop what is kept of collectors and pids not in ``result`` (``count`` samples)."""
+        for kept in (self._trees, self._unchanged):
+            if len(kept) > len(result):
+                for gone in [cid for cid in kept if cid not in result]:
+                    del kept[gone]
         parsed = self._parsed
         if len(parsed) > count:
             live = {pid for samples in result.values() for pid in samples}
             for pid in [pid for pid in parsed if pid not in live]:
                 del parsed[pid]
-        files.sweep()
-        return result
+
+    def _read_again(self, collector_id: str, tree: _Unchanged) -> dict[int, _PidSample] | None:
+        """The samples of ``tree`` read from its kept descriptors, if its pids are the same.
+
+        The last samples themselves when every ``stat`` line reads the same;
+        ``None`` (read it the long way) when ``cgroup.procs`` differs, a read
+        fails, or a descriptor may have been closed since.
+        """
+        if tree.closes != self.files.closes:
+            return None
+        pread, parsed = os.pread, self._parsed
+        try:
+            if pread(tree.procs_fd, _PROCS_BYTES, 0) != tree.procs:
+                return None
+            lines = [pread(fd, _STAT_BYTES, 0) for fd in tree.stat_fds]
+        except OSError:
+            return None
+        if lines == list(tree.lines):
+            return tree.samples
+        # A process worked: its line says new figures, the pids are the same.
+        samples = {}
+        for pid, data in zip(tree.samples, lines, strict=True):
+            seen = parsed.get(pid)
+            if seen is not None and seen[0] == data:
+                samples[pid] = seen[1]
+                continue
+            sample = parse_stat(data)
+            if sample is None:
+                return None
+            parsed[pid] = (data, sample)
+            samples[pid] = sample
+        self._unchanged[collector_id] = tree._replace(lines=tuple(lines), samples=samples)
+        last = self._trees[collector_id]
+        self._trees[collector_id] = (last[0], last[1], samples)
+        return samples
+
+    def _remember(
+        self,
+        collector_id: str,
+        run: Run,
+        procs: bytes | None,
+        pids: list[int],
+        samples: dict[int, _PidSample],
+    ) -> None:
+        """Keep what the fast path of ``read`` compares with, if every file is kept open."""
+        self._unchanged.pop(collector_id, None)
+        cgroup, kept, parsed = run.cgroup_path, self.files.kept, self._parsed
+        if cgroup is None or procs is None or len(procs) >= _PROCS_BYTES:
+            return
+        if len(samples) != len(pids) or cgroup not in kept:
+            return
+        stat_fds, lines = [], []
+        for pid in pids:
+            fd, seen = kept.get(pid), parsed.get(pid)
+            if fd is None or seen is None:
+                return
+            stat_fds.append(fd)
+            lines.append(seen[0])
+        self._unchanged[collector_id] = _Unchanged(
+            run, cgroup, kept[cgroup], procs, tuple(stat_fds), tuple(lines),
+            (cgroup, *pids), samples, self.files.closes,
+        )  # fmt: skip
 
     def _samples(
         self, pids: list[int], last: dict[int, _PidSample] | None
@@ -274,6 +383,7 @@ class TreeReader:
 
     def close(self) -> None:
         self.files.close()
+        self._unchanged.clear()
         self._parsed.clear()
         self._trees.clear()
 

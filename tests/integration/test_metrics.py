@@ -986,3 +986,49 @@ async def test_cpu_counter_counts_exited_children_once_and_survives_a_restart(
     scrape = await harness.scrape()
     total = scrape.value("reconciler_collector_cpu_seconds_total", id="a")
     assert total == pytest.approx(counted + _proc_cpu_seconds(new_pid), abs=3 / CLOCK_TICKS)
+
+
+async def test_a_working_process_and_a_new_child_are_seen_at_each_scrape(
+    harness: Harness,
+) -> None:
+    """A scrape reads each kept file again (``TreeReader``): the CPU of a process that
+    works with the same pids grows from scrape to scrape, and a child forked later
+    counts from the first scrape after it appears."""
+    flag = harness.specs.parent / "stop-working"
+    work = (
+        f'while [ ! -e "{flag}" ]; do :; done; '
+        'sh -c "exec sleep 301" & sh -c "exec sleep 302" & wait'
+    )
+    write(harness.specs / "a.toml", spec("/bin/sh", "-c", work))
+    await harness.until(lambda s: s.value("reconciler_collector_up", id="a") == 1)
+    main_pid = harness.pid("a")
+    seen: list[float] = []
+
+    async def grew() -> bool:
+        scrape = await harness.scrape()
+        value = scrape.value("reconciler_collector_cpu_seconds_total", id="a")
+        assert value is not None
+        seen.append(value)
+        return len(set(seen)) >= 3
+
+    await eventually(grew, timeout=WAIT_SECONDS, interval=0.05, message="CPU grows")
+    assert seen == sorted(seen), "the CPU counter went down"
+    assert harness.manager.tree_pids("a") == [main_pid], "the same pids all along"
+    scrape = await harness.scrape()
+    counted = scrape.value("reconciler_collector_cpu_seconds_total", id="a")
+    assert counted == pytest.approx(_proc_cpu_seconds(main_pid), abs=0.5)
+    one = scrape.value("reconciler_collector_resident_memory_bytes", id="a")
+    assert one is not None and one > 0
+
+    flag.touch()
+    await eventually(
+        lambda: len(harness.manager.tree_pids("a")) == 3, timeout=WAIT_SECONDS, message="3"
+    )
+    scrape = await harness.scrape()
+    three = scrape.value("reconciler_collector_resident_memory_bytes", id="a")
+    pids = harness.manager.tree_pids("a")
+    rss = sum(
+        int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        for pid in pids
+    )
+    assert three == pytest.approx(rss, rel=0.2) and three is not None and three > one

@@ -1,14 +1,16 @@
 """Prometheus exporter and the metrics listener: ``/metrics``, ``/healthz``, ``/readyz``.
 
 ``ReconcilerCollector`` turns one consistent snapshot of a ``Reconciler`` —
-``views()``, the spec snapshot and the process trees, read together in the
+its views (``exported()``: what ``views()`` says, as the exporter needs
+it), the spec snapshot and the process trees, read together in the
 event-loop thread at scrape time — into the metric families of DESIGN §9,
 exactly those names, labels and types. Nothing is polled between scrapes:
 the series follow the views of each scrape (so a removed collector's series
 disappear and a failed one keeps its own). What is kept between scrapes
 only saves work or keeps counters monotonic: each collector's lines of text
 until its values change (``blocks``), the spec families until the snapshot
-changes, the ``/proc`` and cgroup files read on every scrape (open), each
+changes, the ``/proc`` and cgroup files read on every scrape (open, and
+each tree's last reads, so an unchanged tree is two reads and compares), each
 family's encoded and compressed text until it changes (``exposition``), and
 what the loop reports through its listeners (pass durations, actions).
 

@@ -213,7 +213,10 @@ class TreeReader:
     A tree whose pids and ``stat`` lines read the same as at the last scrape
     (a sleeping collector's do) gets the same samples object back: a scrape
     of an idle fleet makes no new object per collector, and so gives the
-    garbage collector nothing to trace or promote.
+    garbage collector nothing to trace or promote. A cgroup-tracked tree is
+    first read again from the descriptors of its last read (``_Unchanged``):
+    its ``cgroup.procs``, then each ``stat`` line, with no lookup; only a
+    changed pid list takes the long way.
     """
 
     def __init__(self, *, files: KeptFiles | None = None) -> None:

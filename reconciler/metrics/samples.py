@@ -194,7 +194,7 @@ class _Unchanged(NamedTuple):
     procs_fd: int
     procs: bytes
     stat_fds: tuple[int, ...]
-    lines: tuple[bytes, ...]
+    lines: list[bytes]
     keys: tuple[object, ...]
     """The ``KeptFiles`` keys of those descriptors (marked read at each scrape)."""
     samples: dict[int, _PidSample]
@@ -256,7 +256,9 @@ class TreeReader:
             if cgroup is None:
                 pids = by_driver.get(collector_id, [run.pid])
             else:
-                procs = files.read_all(cgroup, f"{cgroup}/cgroup.procs", _PROCS_BYTES)
+                # Keyed by the path's text: a Path's hash is Python code, 1000 times a scrape.
+                procs_path = f"{cgroup}/cgroup.procs"
+                procs = files.read_all(procs_path, procs_path, _PROCS_BYTES)
                 if last is not None and last[0] == procs:
                     pids = last[1]
                 else:
@@ -299,7 +301,7 @@ class TreeReader:
             lines = [pread(fd, _STAT_BYTES, 0) for fd in tree.stat_fds]
         except OSError:
             return None
-        if lines == list(tree.lines):
+        if lines == tree.lines:
             return tree.samples
         # A process worked: its line says new figures, the pids are the same.
         samples = {}
@@ -313,7 +315,7 @@ class TreeReader:
                 return None
             parsed[pid] = (data, sample)
             samples[pid] = sample
-        self._unchanged[collector_id] = tree._replace(lines=tuple(lines), samples=samples)
+        self._unchanged[collector_id] = tree._replace(lines=lines, samples=samples)
         last = self._trees[collector_id]
         self._trees[collector_id] = (last[0], last[1], samples)
         return samples
@@ -331,7 +333,8 @@ class TreeReader:
         cgroup, kept, parsed = run.cgroup_path, self.files.kept, self._parsed
         if cgroup is None or procs is None or len(procs) >= _PROCS_BYTES:
             return
-        if len(samples) != len(pids) or cgroup not in kept:
+        procs_path = f"{cgroup}/cgroup.procs"
+        if len(samples) != len(pids) or procs_path not in kept:
             return
         stat_fds, lines = [], []
         for pid in pids:
@@ -341,8 +344,8 @@ class TreeReader:
             stat_fds.append(fd)
             lines.append(seen[0])
         self._unchanged[collector_id] = _Unchanged(
-            run, cgroup, kept[cgroup], procs, tuple(stat_fds), tuple(lines),
-            (cgroup, *pids), samples, self.files.closes,
+            run, cgroup, kept[procs_path], procs, tuple(stat_fds), lines,
+            (procs_path, *pids), samples, self.files.closes,
         )  # fmt: skip
 
     def _samples(

@@ -213,21 +213,25 @@ async def run(
     server = MetricsServer(reconciler, address="127.0.0.1:0")
     server.collect_young_first = young_collection
     in_loop: list[float] = []
+    gc_in_scrape: list[float] = []
+    """The garbage collections' time inside each scrape of ``in_loop``."""
     scrape = server.scrape
+    collections = _Collections()
 
     def timed_scrape(*, gzip: bool = False) -> bytes:
         if gc_off:
             gc.disable()
+        gc_before = sum(collections.seconds)
         try:
             body = scrape(gzip=gzip)
         finally:
             if gc_off:
                 gc.enable()
         in_loop.append(server.last_scrape_seconds)
+        gc_in_scrape.append(sum(collections.seconds) - gc_before)
         return body
 
     server.scrape = timed_scrape  # type: ignore[method-assign]
-    collections = _Collections()
     gc.callbacks.append(collections)
     task = asyncio.create_task(reconciler.run(), name="reconcile loop")
     try:
@@ -265,6 +269,7 @@ async def run(
         idle = (_cpu_seconds(me) - cpu0) / (time.perf_counter() - wall0)
 
         in_loop.clear()
+        gc_in_scrape.clear()
         collections.reset()
         collections.counting = True
         cpu0, wall0 = _cpu_seconds(me), time.perf_counter()
@@ -280,6 +285,11 @@ async def run(
             f"p99 {_ms(percentile(in_loop, 0.99))}"
         )
         print(f"  garbage collections meanwhile: {collections.summary()}")
+        slowest = sorted(zip(in_loop, gc_in_scrape, strict=True), reverse=True)[:5]
+        print(
+            "  slowest in the event loop (of which garbage collection): "
+            + ", ".join(f"{_ms(total)} ({_ms(collecting)})" for total, collecting in slowest)
+        )
         print(
             f"reconciler CPU per scrape {_ms(per_scrape)}; idle {idle * 100:.2f} % over "
             f"{idle_seconds:.0f} s; at one scrape every {SCRAPE_INTERVAL_SECONDS:.0f} s: "

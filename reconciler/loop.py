@@ -23,25 +23,25 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from reconciler.errors import InvalidSpec, ProcessManagerError, ProcessNotFound
 from reconciler.plan.actions import Action, Rollback, kind
 from reconciler.plan.diff import DiffLine, diff
-from reconciler.plan.planner import Desired, Observed, Override, converged, effective_state
-from reconciler.plan.rollout import Rejected, RolloutSettings
+from reconciler.plan.planner import Desired, Observed, Override
+from reconciler.plan.rollout import RolloutSettings
 from reconciler.process import Applied, CollectorProcessManager, ManagerEvent
 from reconciler.process.logs import any_log_over, rotate_all
-from reconciler.process.records import CollectorRecord
 from reconciler.source import SpecSnapshot, SpecSource
 from reconciler.spec.identity import process_hash, spec_hash
 from reconciler.spec.load import collector_id_from_filename, parse_spec
 from reconciler.spec.models import CollectorConfig, CollectorSpec
 from reconciler.spec.order import after_problems
-from reconciler.state import CollectorState, CollectorStatus, DesiredState, HealthStatus
+from reconciler.state import DesiredState
+from reconciler.views import CollectorView, ExportedCollector, Views
 
 __all__ = [
     "Applied",
@@ -70,66 +70,6 @@ class Event:
     collector_id: str
     kind: str
     message: str
-
-
-@dataclass(frozen=True, slots=True)
-class CollectorView:
-    """Everything known about one collector, for status, metrics and the API."""
-
-    collector_id: str
-    collector_type: str
-    desired: DesiredState
-    status: CollectorStatus | None
-    """``None`` when the manager never ran it (e.g. a spec with ``state = "stopped"``)."""
-    spec: CollectorSpec | None
-    spec_file: str | None
-    spec_hash: str | None
-    applied_spec_hash: str | None
-    spec_error: str | None
-    override: Override | None
-    converged: bool
-    log_file: str | None = None
-    """The collector's current log file (``log = "file"``), where ``reconciler logs`` reads."""
-    last_crash: Mapping[str, Any] | None = None
-    """Its newest crash record (``reconciler crashes``): time, how, run length, log tail."""
-    ready: bool = False
-    """Its process ran ``min_ready_seconds`` and its ``ready_check`` (if any) passed (§4)."""
-    rejected: Rejected | None = None
-    """Its file's current content, rolled back after a failed rollout (until the file changes)."""
-    held: str | None = None
-    """Why a start or restart it needs waits: ``after`` not ready, its wave, a held rollout."""
-    held_cause: str | None = None
-    """``after``, ``wave`` or ``held`` (a failed rollout holds the waves)."""
-
-    @property
-    def state(self) -> CollectorState:
-        return self.status.state if self.status is not None else CollectorState.STOPPED
-
-
-class ExportedCollector(NamedTuple):
-    """What the metrics exporter shows of one collector: the fields of its ``CollectorView``
-    (and of the view's ``CollectorStatus``) that DESIGN §9 exports, with the same values.
-
-    A tuple, made without a view or a status: at 1000 collectors, every scrape.
-    """
-
-    collector_id: str
-    collector_type: str
-    state: CollectorState
-    desired: DesiredState
-    """The effective desired state (``CollectorView.desired``)."""
-    health: HealthStatus | None
-    """``None`` when the manager never ran it (``CollectorView.status is None``)."""
-    start_time: float | None
-    restart_count: int
-    last_exit_code: int | None
-    uptime_seconds: float
-    backoff_seconds: float
-    applied_spec_hash: str | None
-    ready: bool
-    rejected_hash: str | None
-    """``CollectorView.rejected.spec_hash``."""
-    spec_file: str | None
 
 
 def resolve_spec_paths(spec: CollectorSpec, specs_dir: Path) -> CollectorConfig:
@@ -169,7 +109,7 @@ def desired_from_files(files: Mapping[str, bytes]) -> dict[str, Desired]:
     return result
 
 
-class Reconciler:
+class Reconciler(Views):
     """Keeps the manager's processes equal to the spec directory."""
 
     def __init__(
@@ -503,172 +443,6 @@ class Reconciler:
                     listener("restart", result)
 
         return await self.controller.exclusive(collector_id, restart)
-
-    # -- views ----------------------------------------------------------------------
-
-    def _log_file(self, collector_id: str, spec: CollectorSpec | None) -> str | None:
-        if self.log_dir is None or spec is None or spec.log != "file":
-            return None
-        return str(self.log_dir / f"{collector_id}.log")
-
-    def view(self, collector_id: str) -> CollectorView:
-        views = {v.collector_id: v for v in self.views([collector_id])}
-        if collector_id not in views:
-            raise ProcessNotFound(f"no collector {collector_id!r}")
-        return views[collector_id]
-
-    def views(self, only: Iterable[str] | None = None) -> list[CollectorView]:
-        """Every collector known (or those of ``only``), for status, metrics and the API.
-
-        Read at every scrape: one pass over the records, nothing planned.
-        """
-        snapshot = self.snapshot
-        problems_by_id = {
-            problem.collector_id: problem
-            for problem in snapshot.problems.values()
-            if problem.collector_id is not None
-        }
-        records = self.manager.executor.records
-        held, busy = self.controller.held, self.controller.busy
-        if only is None:
-            known = sorted(snapshot.specs.keys() | records.keys() | problems_by_id.keys())
-        else:
-            known = sorted(
-                cid
-                for cid in set(only)
-                if cid in snapshot.specs or cid in records or cid in problems_by_id
-            )
-        desired_all, overrides = self.desired(), self.overrides
-        now = self.controller.clock.now()
-        log_dir = str(self.log_dir) if self.log_dir is not None else None
-        result = []
-        for collector_id in known:
-            loaded = snapshot.specs.get(collector_id)
-            record = records.get(collector_id)
-            status = record.status(now) if record is not None else None
-            desired = desired_all.get(collector_id)
-            override = overrides.get(collector_id)
-            problem = problems_by_id.get(collector_id)
-            applied = record.applied if record is not None else None
-            want = (
-                effective_state(desired, override) if desired is not None else DesiredState.STOPPED
-            )
-            spec = loaded.spec if loaded is not None else None
-            hold = held.get(collector_id)
-            result.append(
-                CollectorView(
-                    collector_id=collector_id,
-                    collector_type=(
-                        spec.type if spec is not None else status.collector_type if status else ""
-                    ),
-                    desired=want,
-                    status=status,
-                    spec=spec,
-                    spec_file=(
-                        f"{collector_id}.toml" if loaded else (problem.file if problem else None)
-                    ),
-                    spec_hash=loaded.spec_hash if loaded else None,
-                    applied_spec_hash=applied.spec_hash if applied else None,
-                    spec_error=problem.message if problem else None,
-                    override=override,
-                    converged=(
-                        desired is not None
-                        and collector_id not in busy
-                        and converged(desired, record, override)
-                    ),
-                    log_file=(
-                        f"{log_dir}/{collector_id}.log"
-                        if log_dir is not None and spec is not None and spec.log == "file"
-                        else None
-                    ),
-                    last_crash=self.last_crashes.get(collector_id),
-                    ready=record is not None and record.ready,
-                    rejected=_rejected(record, loaded.spec_hash if loaded else None),
-                    held=hold.reason if hold is not None else None,
-                    held_cause=hold.cause if hold is not None else None,
-                )
-            )
-        return result
-
-    def exported(self) -> list[ExportedCollector]:
-        """What ``views()`` says of every collector that the metrics exporter shows, in its order.
-
-        Read at every scrape. The same facts as ``views()`` (a test holds
-        them equal), without what only the API and status show (the
-        convergence check, log file, crash record, holds), and with no view
-        or status object per collector: ``views()`` at 1000 collectors took
-        12-19 ms, most of a scrape.
-        """
-        snapshot = self.snapshot
-        specs, problems = snapshot.specs, snapshot.problems
-        problems_by_id = (
-            {
-                problem.collector_id: problem
-                for problem in problems.values()
-                if problem.collector_id is not None
-            }
-            if problems
-            else {}
-        )
-        records = self.manager.executor.records
-        known = sorted(specs.keys() | records.keys() | problems_by_id.keys())
-        desired_all, overrides = self.desired(), self.overrides
-        now = self.controller.clock.now()
-        stopped, result = CollectorState.STOPPED, []
-        for collector_id in known:
-            loaded = specs.get(collector_id)
-            record = records.get(collector_id)
-            desired = desired_all.get(collector_id)
-            want = (
-                DesiredState.STOPPED
-                if desired is None
-                else effective_state(desired, overrides.get(collector_id))
-            )
-            file_hash = loaded.spec_hash if loaded is not None else None
-            if loaded is not None:
-                spec_file: str | None = f"{collector_id}.toml"
-            else:
-                problem = problems_by_id.get(collector_id)
-                spec_file = problem.file if problem is not None else None
-            if record is None:
-                result.append(
-                    ExportedCollector(
-                        collector_id, loaded.spec.type if loaded is not None else "", stopped,
-                        want, None, None, 0, None, 0.0, 0.0, None, False, None, spec_file,
-                    )
-                )  # fmt: skip
-                continue
-            run, applied, rejected = record.run, record.applied, record.rejected
-            # Positional: a NamedTuple by keywords costs twice as much, 1000 times a scrape.
-            result.append(
-                ExportedCollector(
-                    collector_id,
-                    loaded.spec.type if loaded is not None else record.collector_type,
-                    record.state,
-                    want,
-                    record.health(),
-                    run.started_wall if run is not None else None,
-                    record.restart_count,
-                    record.last_exit_code,
-                    now - run.started_at if run is not None else 0.0,
-                    record.backoff_seconds(now),
-                    applied.spec_hash if applied is not None else None,
-                    record.ready,
-                    rejected.spec_hash
-                    if rejected is not None and rejected.spec_hash == file_hash
-                    else None,
-                    spec_file,
-                )
-            )
-        return result
-
-
-def _rejected(record: CollectorRecord | None, file_hash: str | None) -> Rejected | None:
-    """The record's rejection, while the file still says that content."""
-    if record is None or record.rejected is None or record.rejected.spec_hash != file_hash:
-        return None
-    return record.rejected
-
 
 async def run_until(
     reconciler: Reconciler,

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,9 +222,15 @@ class Reconciler(Views):
 
     async def run(self) -> None:
         """Reconcile until cancelled or ``stop()``; the caller shuts the manager down."""
-        self.snapshot = await asyncio.to_thread(self.source.scan)
-        await self.manager.driver.open()
-        watcher = asyncio.create_task(self._follow_source(), name="spec source")
+        # The watch is in place before its first scan, whose snapshot the loop starts from.
+        snapshots = self.source.watch()
+        try:
+            self.snapshot = await anext(snapshots)
+            await self.manager.driver.open()
+        except BaseException:
+            await snapshots.aclose()
+            raise
+        watcher = asyncio.create_task(self._follow_source(snapshots), name="spec source")
         rotation = asyncio.create_task(self._rotate_logs(), name="log rotation")
         self.alive = True
         try:
@@ -246,8 +252,8 @@ class Reconciler(Views):
         """Stop planning and let in-flight actions finish."""
         await self.controller.hold()
 
-    async def _follow_source(self) -> None:
-        async with contextlib.aclosing(self.source.watch()) as snapshots:
+    async def _follow_source(self, snapshots: AsyncGenerator[SpecSnapshot, None]) -> None:
+        async with contextlib.aclosing(snapshots):
             async for snapshot in snapshots:
                 self._offer(snapshot)
 

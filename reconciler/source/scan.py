@@ -218,13 +218,14 @@ class Scanner:
         return self._snapshot
 
     @property
-    def scanned(self) -> bool:
-        """Whether a scan has run (so ``watch_targets`` and ``snapshot`` are from one)."""
-        return self._last_look is not None
-
-    @property
     def watch_targets(self) -> tuple[WatchTarget, ...]:
-        """Directories whose events may change the next scan, as of the last scan."""
+        """Directories whose events may change the next scan, as of the last scan.
+
+        Before any scan: the specs directory (or, while it is missing, its nearest
+        existing ancestor), so that a watch can be in place before the first scan.
+        """
+        if self._last_look is None:
+            return self._targets({}) or self._nearest_existing_ancestor()
         return self._watch_targets
 
     def scan(self, *, quick: bool = False) -> SpecSnapshot:
@@ -439,9 +440,9 @@ class Scanner:
         """
         root = os.path.realpath(self.specs_dir)
         targets: list[WatchTarget] = []
-        for directory in (root, *target_dirs):
-            if directory != root and Path(directory).is_relative_to(root):
-                continue
+        for index, directory in enumerate((root, *target_dirs)):
+            if index > 0 and Path(directory).is_relative_to(root):
+                continue  # the specs directory itself (listed first), or below it
             try:
                 st = os.stat(directory)
             except OSError:

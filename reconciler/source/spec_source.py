@@ -117,12 +117,10 @@ class SpecSource:
         pace = _Pacing(self._min_snapshot_interval_seconds)
         timed_rescans = 0
         try:
-            # The scan after the watch starts (below) is the one that counts; one
-            # made before only tells what to watch, and the caller's first scan does.
-            if self._scanner.scanned:
-                snapshot = self._scanner.snapshot
-            else:
-                snapshot = await asyncio.to_thread(self.scan)
+            # The watch starts first (on the specs directory), then the first scan:
+            # nothing written meanwhile is missed, and no scan before it is needed.
+            # A scan that finds symlink targets elsewhere rewatches and scans again.
+            snapshot = self._scanner.snapshot
             while not stop.is_set():
                 if _must_restart(watcher, self._scanner.watch_targets, now=loop.time()):
                     if watcher is not None:

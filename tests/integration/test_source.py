@@ -960,3 +960,24 @@ def test_a_key_gone_from_a_configmap_is_gone_before_its_link_is(specs: Path) -> 
     # Any other dangling link is still a problem that keeps the last-known-good.
     (specs / "c.toml").symlink_to("elsewhere/c.toml")
     assert "c.toml: broken symlink to elsewhere/c.toml" in source.scan().problems["c.toml"].message
+
+
+def test_the_watch_set_before_the_first_scan_is_the_one_after_it(specs: Path) -> None:
+    # The watch starts before the first scan (nothing written meanwhile is missed); a
+    # scan whose targets differed would cost a second watch and a second full scan.
+    write(specs / "web.toml", spec_text("1"))
+    outside = specs.parent / "elsewhere"
+    outside.mkdir()
+    scanner = scan_module.Scanner(specs, require_safe_permissions=False)
+    before = scanner.watch_targets
+    scanner.scan()
+    assert before == scanner.watch_targets
+    assert [target[0] for target in before] == [os.path.realpath(specs)]
+    # A symlink to a file outside is a target of its own, after the scan that saw it.
+    write(outside / "db.toml", spec_text("2"))
+    (specs / "db.toml").symlink_to(outside / "db.toml")
+    scanner.scan()
+    assert [target[0] for target in scanner.watch_targets] == [
+        os.path.realpath(specs),
+        os.path.realpath(outside),
+    ]

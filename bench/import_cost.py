@@ -1,12 +1,14 @@
 """Where the daemon's import-time memory and start-up time go: RSS after each major import.
 
-Run: ``.venv/bin/python bench/import_cost.py [--repeat 3]``. Two tables:
+Run: ``.venv/bin/python bench/import_cost.py [--repeat 3]``. Three tables:
 
 1. one fresh interpreter importing asyncio, psutil, pydantic, prometheus_client, inotify_simple,
    aiohttp.web, then the reconciler's own modules (whose own cost is mostly building the
    pydantic models of ``reconciler.spec``): RSS, USS and modules loaded
    after each, and what that step added (a step's cost excludes what earlier steps loaded);
-2. each module alone in a fresh interpreter: what it costs by itself (its share of a shared
+2. the floor: the same for the declared dependencies alone (asyncio, psutil, pydantic and the
+   spec models, with no HTTP server, metrics or process code);
+3. each module alone in a fresh interpreter: what it costs by itself (its share of a shared
    dependency included, so these do not add up).
 
 Memory is read from ``/proc/self/status`` (VmRSS) and ``/proc/self/smaps_rollup`` (private
@@ -39,6 +41,11 @@ STEPS = (
     "reconciler.daemon",
     "reconciler.cli",
 )
+
+FLOOR_STEPS = ("asyncio", "psutil", "pydantic.main", "reconciler.spec")
+"""What the declared dependencies cost with no HTTP server, metrics or process code: the
+interpreter, asyncio (which imports ssl), psutil, pydantic and the spec models. Any
+daemon built on them holds at least this much before it does anything."""
 
 PROBE = r"""
 import json, sys, time, importlib
@@ -87,14 +94,9 @@ def medians(runs: list[list[dict]]) -> list[dict]:
     return merged
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-
-    runs = [probe(STEPS) for _ in range(args.repeat)]
-    steps = medians(runs)
-    print("In the daemon's order, one interpreter (each step: what it added):\n")
+def chain_table(title: str, modules: tuple[str, ...], repeat: int) -> None:
+    steps = medians([probe(modules) for _ in range(repeat)])
+    print(f"{title}\n")
     print("| after importing | RSS, MiB | +RSS | USS, MiB | +USS | import, ms | modules |")
     print("|---|---|---|---|---|---|---|")
     previous = None
@@ -104,6 +106,18 @@ def main() -> None:
         print(f"| {step['module']} | {step['rss']:.1f} | {added_rss:+.1f} | {step['uss']:.1f} | "
               f"{added_uss:+.1f} | {step['seconds'] * 1000:.0f} | {step['modules']} |")
         previous = step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    chain_table("In the daemon's order, one interpreter (each step: what it added):",
+                STEPS, args.repeat)
+    print()
+    chain_table("The floor of the declared dependencies (no HTTP server, metrics or "
+                "process code):", FLOOR_STEPS, args.repeat)
 
     print("\nEach alone, in a fresh interpreter:\n")
     print("| module | +RSS, MiB | +USS, MiB | import, ms | modules added |")

@@ -178,6 +178,11 @@ class _Pacing:
         self.yielded = SpecSnapshot(generation=-1)
         self._yielded_at = -math.inf  # the first snapshot is no burst
         self._changed: set[str] = set()
+        self._compared: tuple[SpecSnapshot | None, SpecSnapshot | None, set[str]] = (
+            None,
+            None,
+            set(),
+        )
         self._scanned_at = -math.inf
         self._scan_seconds = interval / _SCAN_SPACING_FACTOR
 
@@ -191,15 +196,24 @@ class _Pacing:
             self._scan_seconds = ended - began
 
     def hold_seconds(self, snapshot: SpecSnapshot, *, now: float) -> float:
-        if not _changed_ids(self.yielded, snapshot) & self._changed:
+        if not self._changes(snapshot) & self._changed:
             return 0.0
         return self._yielded_at + self.interval - now
 
     def yielding(self, snapshot: SpecSnapshot, *, now: float) -> None:
-        self._changed = _changed_ids(self.yielded, snapshot)
+        self._changed = self._changes(snapshot)
         if self.yielded.generation >= 0:
             self._yielded_at = now
         self.yielded = snapshot
+
+    def _changes(self, snapshot: SpecSnapshot) -> set[str]:
+        """``_changed_ids`` from the last yielded snapshot, once per snapshot (it is O(specs)):
+        ``hold_seconds`` and then ``yielding`` ask it of the same one."""
+        old, new, changed = self._compared
+        if old is not self.yielded or new is not snapshot:
+            changed = _changed_ids(self.yielded, snapshot)
+            self._compared = (self.yielded, snapshot, changed)
+        return changed
 
 
 def _changed_ids(old: SpecSnapshot, new: SpecSnapshot) -> set[str]:

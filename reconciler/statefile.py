@@ -105,7 +105,7 @@ class StateRenderer:
         parts = [head]
         for cid, record in sorted(state.collectors.items()):
             cached = self._chunks.get(cid)
-            if cached is not None and _same(cached[0], record):
+            if cached is not None and cached[0] == record:
                 chunk = cached[1]
             else:
                 chunk = tomli_w.dumps({"collectors": {cid: _record_to_toml(record)}})
@@ -115,21 +115,6 @@ class StateRenderer:
         if not state.collectors:
             parts.append("[collectors]\n")
         return "\n".join(parts)
-
-
-def _same(a: AdoptionRecord, b: AdoptionRecord) -> bool:
-    """Equal records; the spec compared by its hash (the dump of that spec)."""
-    return (
-        a.spec_hash == b.spec_hash
-        and a.pid == b.pid
-        and a.start_ticks == b.start_ticks
-        and a.started_wall == b.started_wall
-        and a.cgroup_path == b.cgroup_path
-        and a.collector_type == b.collector_type
-        and a.process_hash == b.process_hash
-        and a.ready_spec == b.ready_spec
-        and a.rejected == b.rejected
-    )
 
 
 def loads(text: str) -> SavedState:

@@ -9,6 +9,7 @@ re-adoption with ``on_exit = "keep"``). Called by ``reconciler.cli``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -17,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,7 +192,7 @@ class Daemon:
         self.metrics = MetricsServer(self.reconciler, address=settings.metrics_address)
         self._spec_dumps: dict[str, dict[str, Any]] = {}
         self.crashes = CrashRecorder(self.state_dir / CRASH_DIR_NAME)
-        self._pending_crashes: list[tuple[str, dict[str, Any]]] = []
+        self._pending_crashes: list[tuple[str, Callable[[], dict[str, Any]]]] = []
         self._crash_handle: asyncio.TimerHandle | None = None
 
     def reload(self) -> None:
@@ -264,17 +266,19 @@ class Daemon:
         config = collector.config
         limits = config.resource_limits
         log_path = self.log_dir / f"{event.collector_id}.log" if config.log == "file" else None
-        facts = {
-            "exit_code": collector.last_exit_code,
-            "description": event.message,
-            "run_seconds": collector.exit.run_seconds if collector.exit is not None else 0.0,
+        write = functools.partial(
+            self.crashes.record,
+            event.collector_id,
+            exit_code=collector.last_exit_code,
+            description=event.message,
+            run_seconds=collector.exit.run_seconds if collector.exit is not None else 0.0,
             # Held open now: the replacement's start moves the file aside.
-            "log": LogSnapshot.take(log_path),
-            "core_dump": limits is not None and limits.core_dump,
-            "cwd": config.working_dir or os.getcwd(),
-            "wall_time": event.wall_time,
-        }
-        self._pending_crashes.append((event.collector_id, facts))
+            log=LogSnapshot.take(log_path),
+            core_dump=limits is not None and limits.core_dump,
+            cwd=config.working_dir or os.getcwd(),
+            wall_time=event.wall_time,
+        )
+        self._pending_crashes.append((event.collector_id, write))
         if self._crash_handle is None:
             self._crash_handle = asyncio.get_running_loop().call_later(
                 CRASH_RECORD_DELAY_SECONDS, self._write_crashes
@@ -283,9 +287,9 @@ class Daemon:
     def _write_crashes(self) -> None:
         self._crash_handle = None
         pending, self._pending_crashes = self._pending_crashes, []
-        for collector_id, facts in pending:
+        for collector_id, write in pending:
             try:
-                crash = self.crashes.record(collector_id, **facts)
+                crash = write()
             except OSError as exc:
                 log.warning("%s: cannot write its crash record: %s", collector_id, exc)
                 continue

@@ -35,9 +35,9 @@ def _resolve(reference: str) -> Callable[..., Any]:
     return found
 
 
-def terminal_columns() -> int:
+def terminal_columns(fallback: int = 80) -> int:
     """``shutil.get_terminal_size().columns``, without importing shutil (and bz2, lzma with
-    it: ~2 ms): ``$COLUMNS``, else the terminal of stdout, else 80."""
+    it: ~2 ms): ``$COLUMNS``, else the terminal of stdout, else ``fallback``."""
     try:
         columns = int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
@@ -47,7 +47,7 @@ def terminal_columns() -> int:
             columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
         except (AttributeError, ValueError, OSError):
             columns = 0
-    return columns or 80
+    return columns or fallback
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from reconciler.cli.client import (
@@ -20,7 +19,7 @@ from reconciler.cli.client import (
     socket_argument,
     utc,
 )
-from reconciler.cli.common import EXIT_OK, print_json
+from reconciler.cli.common import EXIT_OK, print_json, terminal_columns
 
 TYPE_CHECKING = False  # not typing's: its import costs ~4 ms (type checkers take the name)
 if TYPE_CHECKING:
@@ -45,7 +44,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(data)
             else:
-                print(format_status_table(data["collectors"], width=_terminal_width()))
+                print(format_status_table(data["collectors"], width=terminal_columns(fallback=120)))
                 if not data.get("ready", True):
                     print("(the reconciler is still starting: not every spec is applied yet)")
             return EXIT_OK
@@ -58,18 +57,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return client_command(args, talk)
-
-
-def _terminal_width() -> int:
-    # shutil.get_terminal_size, without importing shutil (and bz2, lzma with it).
-    try:
-        return int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        pass
-    try:
-        return os.get_terminal_size(sys.stdout.fileno()).columns
-    except (AttributeError, ValueError, OSError):
-        return 120
 
 
 STATUS_COLUMNS = ("ID", "TYPE", "DESIRED", "STATE", "HEALTH", "PID", "UPTIME", "RESTARTS", "ERROR")

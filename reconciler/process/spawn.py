@@ -32,6 +32,7 @@ import grp
 import os
 import pwd
 import resource
+import select
 import shutil
 import subprocess
 import time
@@ -55,9 +56,13 @@ SETUP_FAILED_EXIT = 125
 SHELL = "/bin/sh"
 JOIN_CGROUP = (
     'echo 0 >"$1" || { echo "reconciler: cannot join control group ${1%/*}" >&2; exit 125; }; '
-    'shift; exec "$@"'
+    'shift; exec "$@" </dev/null'
 )
-"""The whole shell program of step 1: builtins only; spec values arrive as arguments."""
+"""The whole shell program of step 1: builtins only; spec values arrive as arguments.
+
+Its stdin is the write end of a pipe the spawning thread reads: replacing it
+with /dev/null as it execs the next program is the end of the step, seen as
+EOF without polling (:func:`_await_exec`)."""
 RLIMIT_NAMES = {
     resource.RLIMIT_NOFILE: "nofile",
     resource.RLIMIT_AS: "as",
@@ -296,10 +301,11 @@ def try_spawn(request: LaunchRequest) -> subprocess.Popen[bytes] | None:
         return None
     output = _open_output(request)
     stdout = None if output == -1 else output
+    step_done, step_stdin = os.pipe() if plan.argv[0] == SHELL else (-1, subprocess.DEVNULL)
     try:
         popen = subprocess.Popen(
             plan.argv,
-            stdin=subprocess.DEVNULL,
+            stdin=step_stdin,
             stdout=stdout,
             stderr=stdout,
             env=request.env,
@@ -311,32 +317,49 @@ def try_spawn(request: LaunchRequest) -> subprocess.Popen[bytes] | None:
             extra_groups=plan.extra_groups,
         )
     except OSError as exc:
+        _close(step_done)
         if exc.errno == errno.ETXTBSY:
             return None
         raise SpawnFailed(f"cannot start {request.argv[0]}: {exc.strerror or exc}") from exc
     except subprocess.SubprocessError as exc:
+        _close(step_done)
         raise SpawnFailed(f"cannot start {request.argv[0]}: {exc}") from exc
     finally:
         if output >= 0:
             os.close(output)
+        if step_done >= 0:
+            os.close(step_stdin)
     if plan.argv == request.argv:
         return popen
-    return _await_exec(popen, plan.argv, request.argv)
+    return _await_exec(popen, plan.argv, request.argv, step_done)
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
 
 
 def _await_exec(
-    popen: subprocess.Popen[bytes], chain: list[str], argv: list[str]
+    popen: subprocess.Popen[bytes], chain: list[str], argv: list[str], step_done: int = -1
 ) -> subprocess.Popen[bytes] | None:
     """Wait until the set-up steps have exec'd the collector, as Popen does for one exec.
 
-    The steps' command lines are known (suffixes of ``chain``); the collector
-    runs once ``/proc/<pid>/cmdline`` is none of them (a script's interpreter
-    rewrites it, so equality with ``argv`` is not required). A process that
-    exits first is looked at as a zombie (not reaped): its ``comm`` names the
-    program that exited, a set-up step or the collector.
+    With the cgroup step, its end is first awaited on ``step_done`` (EOF once
+    the shell hands its stdin over, or exits): a blocking read, no polling
+    while the shell starts. Then, the steps' command lines being known
+    (suffixes of ``chain``), the collector runs once ``/proc/<pid>/cmdline``
+    is none of them (a script's interpreter rewrites it, so equality with
+    ``argv`` is not required). A process that exits first is looked at as a
+    zombie (not reaped): its ``comm`` names the program that exited, a set-up
+    step or the collector.
     """
     steps = {tuple(chain[i:]) for i in range(len(chain) - len(argv))}
     deadline = time.monotonic() + EXEC_WAIT_SECONDS
+    if step_done >= 0:
+        try:
+            select.select([step_done], [], [], EXEC_WAIT_SECONDS)
+        finally:
+            os.close(step_done)
     cmdline_path = f"/proc/{popen.pid}/cmdline"
     while time.monotonic() < deadline:
         try:

@@ -114,6 +114,56 @@ async def test_a_failed_set_up_step_is_spawn_failed(tmp_path: Path) -> None:
     assert "cannot join control group" in (tmp_path / "a.log").read_text()
 
 
+def _join_request(procs: Path, argv: list[str], log: Path) -> spawn.LaunchRequest:
+    return spawn.LaunchRequest(
+        collector_id="a",
+        argv=argv,
+        env={"PATH": spawn.DEFAULT_PATH},
+        working_dir=None,
+        identity=None,
+        rlimits=[],
+        cgroup_procs=str(procs),
+        log_mode="file",
+        log_path=log,
+    )
+
+
+async def test_the_cgroup_step_hands_over_on_its_stdin_and_leaves_nothing_open(
+    tmp_path: Path,
+) -> None:
+    """The shell step's end is EOF on a pipe (its stdin): the spawn returns at the exec.
+
+    A plain file stands in for cgroup.procs: the step writes it as it would the
+    real one. The pipe's ends are gone from the parent, and the collector's
+    stdin is /dev/null, as without the step.
+    """
+    procs = tmp_path / "cgroup.procs"
+    procs.touch()
+    fds_before = set(os.listdir("/proc/self/fd"))
+    popen = await asyncio.to_thread(
+        spawn.try_spawn, _join_request(procs, ["/bin/sleep", "300"], tmp_path / "a.log")
+    )
+    assert popen is not None
+    try:
+        assert _cmdline(popen.pid) == ["/bin/sleep", "300"]
+        assert os.readlink(f"/proc/{popen.pid}/fd/0") == "/dev/null"
+        assert procs.read_text() == "0\n"
+        assert set(os.listdir("/proc/self/fd")) <= fds_before
+    finally:
+        popen.kill()
+        popen.wait()
+
+
+async def test_a_collector_binary_the_cgroup_step_cannot_exec_is_spawn_failed(
+    tmp_path: Path,
+) -> None:
+    procs = tmp_path / "cgroup.procs"
+    procs.touch()
+    request = _join_request(procs, [str(tmp_path / "missing"), "1"], tmp_path / "a.log")
+    with pytest.raises(SpawnFailed, match="setting up the child failed in sh"):
+        await asyncio.to_thread(spawn.try_spawn, request)
+
+
 @pytest.mark.parametrize("script", ["exit 3", "exec false"])
 async def test_a_collector_that_exits_at_once_is_started_not_spawn_failed(
     manager: CollectorProcessManager, script: str

@@ -35,6 +35,26 @@ def set_child_subreaper(enabled: bool) -> bool:
         return False
 
 
+def quiet_wakeup_fd() -> None:
+    """Keep the loop's signal wakeup fd, without a warning each time its buffer is full.
+
+    Every SIGCHLD writes a byte there; a thousand children exiting while the
+    loop is busy (a fleet stopped at once) fill it, and each further signal
+    printed "Exception ignored when trying to write to the signal wakeup fd"
+    on stderr. The warning is all that changes: a byte that does not fit is
+    dropped with or without it, and for SIGCHLD one reap takes every exited
+    child. ``add_signal_handler`` sets the
+    fd with the warning on, so this follows it. Signals are blocked for the
+    swap, so none arrives between the two calls and goes unannounced.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        fd = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 class ExitWatcher:
     """Calls back once per watched child, with its exit code, as soon as it exits."""
 
@@ -51,6 +71,7 @@ class ExitWatcher:
             try:
                 loop.add_signal_handler(signal.SIGCHLD, self._reap_all)
                 self._reap_orphans = True
+                quiet_wakeup_fd()
             except (RuntimeError, ValueError) as exc:
                 # Signal handlers only work in the main thread; orphans are
                 # then reaped whenever one of our own children exits.

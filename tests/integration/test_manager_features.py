@@ -261,6 +261,35 @@ async def test_subreaper_reaps_orphaned_descendants(
         await manager.shutdown_all()
 
 
+async def test_a_flood_of_sigchld_prints_no_wakeup_fd_warnings_and_reaping_goes_on(
+    pm_config: ProcessManagerConfig, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of SIGCHLD while the loop is busy (a fleet stopped at once) fill the
+    loop's wakeup fd: no "Exception ignored ... signal wakeup fd" per signal, and the
+    next SIGCHLD still reaps an orphan."""
+    reported: list[object] = []
+    monkeypatch.setattr("sys.unraisablehook", reported.append)
+    pidfile = tmp_path / "orphan.pid"
+    manager = CollectorProcessManager(pm_config, child_subreaper=True)
+    try:
+        await manager.start_collector(
+            "a", "sh", sh(f"(sh -c 'echo $$ > {pidfile}; exec sleep 300' &); exec sleep 300")
+        )
+        await eventually(lambda: pidfile.exists() and pidfile.read_text().strip())
+        orphan = int(pidfile.read_text())
+        for _ in range(5000):  # the loop does not run between these: its buffer fills
+            os.kill(os.getpid(), signal.SIGCHLD)
+        await asyncio.sleep(0)
+        assert reported == []
+        os.kill(orphan, signal.SIGKILL)
+        await eventually(
+            lambda: not Path(f"/proc/{orphan}").exists(),
+            message="the orphan was not reaped (zombie left behind)",
+        )
+    finally:
+        await manager.shutdown_all()
+
+
 async def test_busy_binary_is_retried(manager: CollectorProcessManager, tmp_path) -> None:
     binary = tmp_path / "collector"
     shutil.copy("/bin/sleep", binary)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from reconciler import __version__
 from reconciler.api import ApiServer
 from reconciler.crashes import CRASH_DIR_NAME, CrashRecorder, LogSnapshot, list_files
 from reconciler.errors import InvalidSpec, ProcessNotFound, ReconcilerError
@@ -400,7 +400,7 @@ class Daemon:
         await self.adopt(load_state(self.state_path, on_error=self._state_file_error))
         log.info(
             "reconciler %s (pid %d) watching %s; state in %s",
-            _version(),
+            __version__,
             os.getpid(),
             self.source.specs_dir,
             self.state_dir,
@@ -474,13 +474,6 @@ class Daemon:
         sd_notify("STOPPING=1")
         log.info("%s received: stopping", name)
         self.stop_requested.set()
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("reconciler")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def run(options: RunOptions) -> int:

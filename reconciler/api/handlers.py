@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -13,6 +12,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from reconciler import __version__
 from reconciler.api.constants import (
     MAX_PLAN_FILES,
     RECHECK_SECONDS,
@@ -370,11 +370,6 @@ async def _rescan(reconciler: Reconciler) -> None:
 
 async def openapi(request: web.Request) -> web.Response:
     """The API described in OpenAPI 3.1."""
-    return web.json_response(document(_package_version()))
+    return web.json_response(document(__version__))
 
 
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("reconciler")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from reconciler import __version__
 from reconciler.loop import ExportedCollector, Reconciler
 from reconciler.metrics.blocks import CollectorBlocks, Static
 from reconciler.metrics.constants import ACTIONS, DURATION_BUCKETS_SECONDS, RESULTS
@@ -37,13 +37,6 @@ def _health(view: ExportedCollector) -> HealthStatus:
         return view.health
     # Actual is "stopped": healthy when that is what is wanted, else on its way.
     return HealthStatus.HEALTHY if view.desired == DesiredState.STOPPED else HealthStatus.DEGRADED
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("reconciler")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class _Counters:
@@ -76,7 +69,7 @@ class ReconcilerCollector(Collector):
 
     def __init__(self, reconciler: Reconciler) -> None:
         self.reconciler = reconciler
-        self.version = _version()
+        self.version = __version__
         self._durations = DurationHistogram(DURATION_BUCKETS_SECONDS)
         self._actions = {(action, result): 0 for action in ACTIONS for result in RESULTS}
         self._counters: dict[str, _Counters] = {}

@@ -36,7 +36,7 @@ from reconciler.plan.rollout import RolloutSettings
 from reconciler.process import Applied, CollectorProcessManager, ManagerEvent
 from reconciler.process.logs import any_log_over, rotate_all
 from reconciler.source import SpecSnapshot, SpecSource
-from reconciler.spec.identity import process_hash, spec_hash
+from reconciler.spec.identity import spec_hashes
 from reconciler.spec.load import collector_id_from_filename, parse_spec
 from reconciler.spec.models import CollectorConfig, CollectorSpec
 from reconciler.spec.order import after_problems
@@ -100,7 +100,7 @@ def desired_from_files(files: Mapping[str, bytes]) -> dict[str, Desired]:
         except InvalidSpec as exc:
             problems.extend(exc.problems)
             continue
-        result[collector_id] = Desired(spec, spec_hash(spec), process_hash(spec))
+        result[collector_id] = Desired(spec, *spec_hashes(spec))
     known = {name.removesuffix(".toml").rpartition("/")[2] for name in files}
     graph = after_problems({cid: d.spec.after for cid, d in result.items()}, known=known)
     problems.extend(problem for _cid, problem in sorted(graph.items()))

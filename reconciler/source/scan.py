@@ -45,8 +45,7 @@ from reconciler.spec import (
     collector_id_from_filename,
     is_ignored_filename,
     parse_spec,
-    process_hash,
-    spec_hash,
+    spec_hashes,
 )
 from reconciler.spec.order import after_problems
 
@@ -311,12 +310,16 @@ class Scanner:
         fingerprints: dict[str, tuple[object, ...]] = {}
         target_dirs: dict[str, None] = {}
         checked_dirs: dict[str, str | None] = {}
+        # Where a plain file's target is, whatever its name: one realpath per pass.
+        real_dir = os.path.realpath(self.specs_dir)
         for name, cid in self._candidates(names).items():
             if isinstance(cid, InvalidSpec):
                 entries[name] = _Entry(None, _Failure(tuple(cid.problems)))
                 fingerprints[name] = ("bad-name",)
                 continue
-            outcome, fingerprints[name], target_dir = self._load(name, cid, checked_dirs)
+            outcome, fingerprints[name], target_dir = self._load(
+                name, cid, checked_dirs, real_dir
+            )
             if outcome is not None:
                 entries[name] = _Entry(cid, outcome)
             if target_dir is not None:
@@ -326,26 +329,30 @@ class Scanner:
         return _Pass(None, entries, fingerprints, self._targets(target_dirs))
 
     def _load(
-        self, name: str, collector_id: str, checked_dirs: dict[str, str | None]
+        self, name: str, collector_id: str, checked_dirs: dict[str, str | None], real_dir: str
     ) -> tuple[_Outcome | None, tuple[object, ...], str | None]:
         """(outcome, fingerprint, directory holding the resolved target) of one spec file.
 
         The outcome is ``None`` when the file vanished under us: it is absent,
-        and the pass's second look notices the change.
+        and the pass's second look notices the change. ``real_dir`` is the
+        specs directory resolved: where an entry that is no symlink is.
         """
-        path = self.specs_dir / name
+        path = os.path.join(self.specs_dir, name)
         shown = _display(name)
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
+            linked = stat.S_ISLNK(st.st_mode)
+            if linked:
+                st = os.stat(path)
         except OSError as exc:
             fingerprint = self._fingerprint(name)
-            if fingerprint[0] == "gone" or _projection_leftover(path):
+            if fingerprint[0] == "gone" or _projection_leftover(Path(path)):
                 return None, fingerprint, None
             if isinstance(exc, FileNotFoundError):
-                return _Failure((f"{shown}: {_broken_link(path)}",)), fingerprint, None
+                return _Failure((f"{shown}: {_broken_link(Path(path))}",)), fingerprint, None
             return _Failure((f"{shown}: cannot read: {_reason(exc)}",)), fingerprint, None
         fingerprint = ("file", *_key(st))
-        target_dir = os.path.dirname(os.path.realpath(path))
+        target_dir = os.path.dirname(os.path.realpath(path)) if linked else real_dir
         refusal = self._refusal(shown, st, target_dir, checked_dirs)
         if refusal is not None:
             return _Failure((refusal,)), fingerprint, target_dir
@@ -384,7 +391,7 @@ class Scanner:
     ) -> tuple[_Outcome, StatKey | None]:
         """Read and (if the bytes changed) parse one file; cache the result."""
         shown = _display(name)
-        path = self.specs_dir / name
+        path = os.path.join(self.specs_dir, name)
         read_at_ns = time.time_ns()
         try:
             # O_NONBLOCK: a FIFO swapped in after the stat must not hang the scan
@@ -421,12 +428,13 @@ class Scanner:
             # parse_spec should only raise InvalidSpec, but one hostile file
             # (e.g. arrays nested 100 000 deep) must not take the source down
             return _Failure((f"{_display(name)}: cannot parse: {type(exc).__name__}: {exc}",))
+        hashes = spec_hashes(spec)
         return LoadedSpec(
             collector_id=collector_id,
             path=self.specs_dir / name,
             spec=spec,
-            spec_hash=spec_hash(spec),
-            process_hash=process_hash(spec),
+            spec_hash=hashes[0],
+            process_hash=hashes[1],
         )
 
     # -- what to watch --------------------------------------------------------------------

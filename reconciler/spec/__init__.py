@@ -24,7 +24,7 @@ __all__ = [
     "ResourceLimits",
 ]
 
-from reconciler.spec.identity import PROCESS_IDENTITY_KEYS, process_hash, spec_hash
+from reconciler.spec.identity import PROCESS_IDENTITY_KEYS, process_hash, spec_hash, spec_hashes
 from reconciler.spec.load import (
     SPEC_SUFFIX,
     collector_id_from_filename,
@@ -47,5 +47,6 @@ __all__ += [
     "parse_spec",
     "process_hash",
     "spec_hash",
+    "spec_hashes",
     "starter_spec",
 ]

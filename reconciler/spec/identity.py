@@ -53,11 +53,21 @@ def spec_hash(model: BaseModel) -> str:
     Key order, comments, spelling out a default and the optional ``id`` key
     (always the file name) make no difference.
     """
-    canonical = _canonical(model)
-    canonical.pop("id", None)
-    return _digest(canonical)
+    return spec_hashes(model)[0]
 
 
 def process_hash(model: BaseModel) -> str:
     """Identity of what the process is: differs exactly when a change needs a restart."""
     return _digest(_canonical(model, include=set(PROCESS_IDENTITY_KEYS)))
+
+
+def spec_hashes(model: BaseModel) -> tuple[str, str]:
+    """``(spec_hash(model), process_hash(model))`` from one dump of the model.
+
+    The process keys of the whole dump are what a dump of those keys alone
+    gives (pruning works per key): one ``model_dump`` per spec read, not two.
+    """
+    canonical = _canonical(model)
+    canonical.pop("id", None)
+    process = {key: canonical[key] for key in PROCESS_IDENTITY_KEYS if key in canonical}
+    return _digest(canonical), _digest(process)

@@ -246,8 +246,8 @@ def test_a_swap_during_a_scan_is_never_published_half_done(
     real_load = scan_module.Scanner._load
     swaps = []
 
-    def load_then_swap(self, name, collector_id, checked_dirs):  # type: ignore[no-untyped-def]
-        loaded = real_load(self, name, collector_id, checked_dirs)
+    def load_then_swap(self, name, *rest):  # type: ignore[no-untyped-def]
+        loaded = real_load(self, name, *rest)
         if not swaps:  # right after a.toml was read, before b.toml is
             swaps.append(name)
             kubelet_write(specs, {"a.toml": spec_text("a2"), "b.toml": spec_text("b2")})

@@ -32,6 +32,7 @@ from reconciler.spec import (
     parse_spec,
     process_hash,
     spec_hash,
+    spec_hashes,
     starter_spec,
 )
 from reconciler.state import DesiredState
@@ -709,6 +710,16 @@ def test_process_hash_changes_exactly_when_an_identity_key_changes(
         assert (process_hash(changed) != process_hash(before)) == value_changed
     else:
         assert process_hash(changed) == process_hash(before)
+
+
+@given(spec_documents)
+def test_both_hashes_from_one_dump_are_the_hashes_of_their_own_dumps(
+    document: dict[str, Any],
+) -> None:
+    # spec_hashes (what the scan uses) takes the process keys out of the whole dump;
+    # process_hash dumps only those keys.
+    spec = load(document)
+    assert spec_hashes(spec) == (spec_hash(spec), process_hash(spec))
 
 
 def test_an_empty_limits_table_is_no_limits() -> None:

@@ -18,7 +18,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -150,31 +150,32 @@ class PosixDriver:
             instance=self._instance,
         )
         limits = config.resource_limits
-        # mkdir and open in cgroupfs take the kernel's cgroup locks: off the loop.
-        cgroup, enforced = await asyncio.get_running_loop().run_in_executor(
-            self._spawner, self._prepare_cgroup, collector_id, limits
-        )
-        if limits is not None and limits.cpu_max_percent is not None:
-            if "cpu_max_percent" not in enforced:
-                log.warning(
-                    "%s: cpu_max_percent needs the cgroup v2 cpu controller, which is not "
-                    "available here; not enforced",
-                    collector_id,
-                )
-        request = child.LaunchRequest(
-            collector_id=collector_id,
-            argv=[argv0, *config.args],
-            env=env,
-            working_dir=config.working_dir,
-            identity=identity,
-            rlimits=child.rlimits_for(limits, enforced_by_cgroup=enforced),
-            cgroup_procs=str(cgroup.path / "cgroup.procs") if cgroup is not None else None,
-            log_mode=config.log,
-            log_path=self.log_dir / f"{collector_id}.log" if self.log_dir is not None else None,
-        )
-        try:
-            with watcher.spawning():
-                popen, start_ticks = await self._fork_exec(request)
+
+        def request_for(cgroup: RunCgroup | None, enforced: set[str]) -> child.LaunchRequest:
+            return child.LaunchRequest(
+                collector_id=collector_id,
+                argv=[argv0, *config.args],
+                env=env,
+                working_dir=config.working_dir,
+                identity=identity,
+                rlimits=child.rlimits_for(limits, enforced_by_cgroup=enforced),
+                cgroup_procs=str(cgroup.path / "cgroup.procs") if cgroup is not None else None,
+                log_mode=config.log,
+                log_path=(
+                    self.log_dir / f"{collector_id}.log" if self.log_dir is not None else None
+                ),
+            )
+
+        with watcher.spawning():
+            # One trip to a spawn thread for the cgroup (mkdir and open in cgroupfs take
+            # the kernel's cgroup locks) and the fork/exec: each trip costs the loop too.
+            cgroup, enforced, request, spawned = await asyncio.get_running_loop().run_in_executor(
+                self._spawner, self._prepare_and_spawn, collector_id, limits, request_for
+            )
+            try:
+                if spawned is None:  # text file busy: the binary is still being written
+                    spawned = await self._fork_exec_again(request)
+                popen, start_ticks = spawned
                 run = Run(
                     pid=popen.pid,
                     started_at=self.clock.now(),
@@ -187,24 +188,53 @@ class PosixDriver:
                 if cgroup is not None:
                     self._run_cgroups[run.pid] = cgroup
                 watcher.watch(popen, lambda code: _resolve(run, code))
+            except BaseException:
+                if cgroup is not None:
+                    cgroup.remove()
+                raise
+        if limits is not None and limits.cpu_max_percent is not None:
+            if "cpu_max_percent" not in enforced:
+                log.warning(
+                    "%s: cpu_max_percent needs the cgroup v2 cpu controller, which is not "
+                    "available here; not enforced",
+                    collector_id,
+                )
+        return run
+
+    def _prepare_and_spawn(
+        self,
+        collector_id: str,
+        limits: ResourceLimits | None,
+        request_for: Callable[[RunCgroup | None, set[str]], child.LaunchRequest],
+    ) -> tuple[
+        RunCgroup | None,
+        set[str],
+        child.LaunchRequest,
+        tuple[subprocess.Popen[bytes], int | None] | None,
+    ]:
+        """In a spawn thread: the run's cgroup, then the first fork/exec (``None``: busy)."""
+        cgroup, enforced = self._prepare_cgroup(collector_id, limits)
+        request = request_for(cgroup, enforced)
+        try:
+            popen, start_ticks = _spawn_identified(request)
         except BaseException:
             if cgroup is not None:
                 cgroup.remove()
             raise
-        return run
+        return cgroup, enforced, request, (popen, start_ticks) if popen is not None else None
 
-    async def _fork_exec(
+    async def _fork_exec_again(
         self, request: child.LaunchRequest
     ) -> tuple[subprocess.Popen[bytes], int | None]:
-        """Spawn in a spawn thread; return the child and its kernel start time."""
+        """After a first try that found the binary busy: retry shortly, a few times."""
         loop = asyncio.get_running_loop()
-        for _ in range(child.ETXTBSY_RETRIES):
+        for _ in range(child.ETXTBSY_RETRIES - 1):
+            await asyncio.sleep(SPAWN_RETRY_SECONDS)
             popen, start_ticks = await loop.run_in_executor(
                 self._spawner, _spawn_identified, request
             )
             if popen is not None:
                 return popen, start_ticks
-            await asyncio.sleep(SPAWN_RETRY_SECONDS)
         raise SpawnFailed(f"cannot start {request.argv[0]}: text file busy (still being written)")
 
     def _prepare_cgroup(

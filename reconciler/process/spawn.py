@@ -331,7 +331,14 @@ def try_spawn(request: LaunchRequest) -> subprocess.Popen[bytes] | None:
             os.close(step_stdin)
     if plan.argv == request.argv:
         return popen
-    return _await_exec(popen, plan.argv, request.argv, step_done)
+    try:
+        return _await_exec(popen, plan.argv, request.argv, step_done)
+    except SpawnFailed:
+        raise  # the failed step was reaped
+    except BaseException:
+        popen.kill()  # nobody would watch it: no start may leave a process behind
+        popen.wait()
+        raise
 
 
 def _close(fd: int) -> None:
@@ -357,7 +364,11 @@ def _await_exec(
     deadline = time.monotonic() + EXEC_WAIT_SECONDS
     if step_done >= 0:
         try:
-            select.select([step_done], [], [], EXEC_WAIT_SECONDS)
+            # poll, not select: a daemon with a thousand collectors holds descriptors
+            # (pidfds, logs) past select's FD_SETSIZE of 1024.
+            waiting = select.poll()
+            waiting.register(step_done, select.POLLIN)
+            waiting.poll(EXEC_WAIT_SECONDS * 1000)
         finally:
             os.close(step_done)
     cmdline_path = f"/proc/{popen.pid}/cmdline"

@@ -14,6 +14,7 @@ import grp
 import logging
 import os
 import pwd
+import resource
 import subprocess
 import threading
 from pathlib import Path
@@ -152,6 +153,34 @@ async def test_the_cgroup_step_hands_over_on_its_stdin_and_leaves_nothing_open(
     finally:
         popen.kill()
         popen.wait()
+
+
+async def test_the_cgroup_step_hands_over_past_descriptor_1024(tmp_path: Path) -> None:
+    """A thousand collectors hold more than 1,024 descriptors (pidfds, logs): the step's
+    pipe then lands past select's FD_SETSIZE, and a start must still work."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard}: cannot hold 1,100 descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = []
+    try:
+        while len(held) < 1100 and (not held or held[-1] < 1100):
+            held.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        procs = tmp_path / "cgroup.procs"
+        procs.touch()
+        popen = await asyncio.to_thread(
+            spawn.try_spawn, _join_request(procs, ["/bin/sleep", "300"], tmp_path / "a.log")
+        )
+        assert popen is not None
+        try:
+            assert _cmdline(popen.pid) == ["/bin/sleep", "300"]
+        finally:
+            popen.kill()
+            popen.wait()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 async def test_a_collector_binary_the_cgroup_step_cannot_exec_is_spawn_failed(

@@ -183,6 +183,24 @@ async def test_the_cgroup_step_hands_over_past_descriptor_1024(tmp_path: Path) -
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def test_a_start_that_breaks_after_the_fork_leaves_no_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forked: list[int] = []
+
+    def broken(popen: subprocess.Popen[bytes], *_: object) -> None:
+        forked.append(popen.pid)
+        raise RuntimeError("broken after the fork")
+
+    monkeypatch.setattr(spawn, "_await_exec", broken)
+    procs = tmp_path / "cgroup.procs"
+    procs.touch()
+    with pytest.raises(RuntimeError, match="broken after the fork"):
+        spawn.try_spawn(_join_request(procs, ["/bin/sleep", "300"], tmp_path / "a.log"))
+    [pid] = forked
+    assert not Path(f"/proc/{pid}").exists(), "the child was left running (or a zombie)"
+
+
 async def test_a_collector_binary_the_cgroup_step_cannot_exec_is_spawn_failed(
     tmp_path: Path,
 ) -> None:

@@ -233,17 +233,21 @@ async def test_without_cgroups_the_group_and_session_are_still_killed(
         await manager.shutdown_all()
 
 
+async def _start_with_an_orphan(manager: CollectorProcessManager, pidfile: Path) -> int:
+    """Start collector "a", which leaves a background child behind: that child's pid."""
+    await manager.start_collector(
+        "a", "sh", sh(f"(sh -c 'echo $$ > {pidfile}; exec sleep 300' &); exec sleep 300")
+    )
+    await eventually(lambda: pidfile.exists() and pidfile.read_text().strip())
+    return int(pidfile.read_text())
+
+
 async def test_subreaper_reaps_orphaned_descendants(
     pm_config: ProcessManagerConfig, tmp_path
 ) -> None:
-    pidfile = tmp_path / "orphan.pid"
     manager = CollectorProcessManager(pm_config, child_subreaper=True)
     try:
-        await manager.start_collector(
-            "a", "sh", sh(f"(sh -c 'echo $$ > {pidfile}; exec sleep 300' &); exec sleep 300")
-        )
-        await eventually(lambda: pidfile.exists() and pidfile.read_text().strip())
-        orphan = int(pidfile.read_text())
+        orphan = await _start_with_an_orphan(manager, tmp_path / "orphan.pid")
         # Its parent subshell exited at once: the orphan is now ours, not init's.
         await eventually(
             lambda: (
@@ -269,14 +273,9 @@ async def test_a_flood_of_sigchld_prints_no_wakeup_fd_warnings_and_reaping_goes_
     next SIGCHLD still reaps an orphan."""
     reported: list[object] = []
     monkeypatch.setattr("sys.unraisablehook", reported.append)
-    pidfile = tmp_path / "orphan.pid"
     manager = CollectorProcessManager(pm_config, child_subreaper=True)
     try:
-        await manager.start_collector(
-            "a", "sh", sh(f"(sh -c 'echo $$ > {pidfile}; exec sleep 300' &); exec sleep 300")
-        )
-        await eventually(lambda: pidfile.exists() and pidfile.read_text().strip())
-        orphan = int(pidfile.read_text())
+        orphan = await _start_with_an_orphan(manager, tmp_path / "orphan.pid")
         for _ in range(5000):  # the loop does not run between these: its buffer fills
             os.kill(os.getpid(), signal.SIGCHLD)
         await asyncio.sleep(0)

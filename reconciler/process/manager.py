@@ -31,7 +31,7 @@ from reconciler.process.events import ManagerEvent
 from reconciler.process.executor import Executor
 from reconciler.process.posix import PosixDriver
 from reconciler.process.records import Applied, CollectorRecord
-from reconciler.spec.identity import process_hash, spec_hash
+from reconciler.spec.identity import spec_hashes
 from reconciler.spec.models import (
     CollectorConfig,
     CollectorSpec,
@@ -48,8 +48,9 @@ def library_desired(collector_type: str, config: CollectorConfig, state: Desired
     """
     fields = {name: getattr(config, name) for name in CollectorConfig.model_fields}
     running = CollectorSpec.model_construct(**fields, type=collector_type)
-    digest = hashlib.sha256(f"{collector_type}\0{spec_hash(config)}".encode()).hexdigest()[:16]
-    identity = hashlib.sha256(f"{collector_type}\0{process_hash(config)}".encode()).hexdigest()
+    whole, process = spec_hashes(config)
+    digest = hashlib.sha256(f"{collector_type}\0{whole}".encode()).hexdigest()[:16]
+    identity = hashlib.sha256(f"{collector_type}\0{process}".encode()).hexdigest()
     spec = running if state == DesiredState.RUNNING else running.model_copy(update={"state": state})
     return Desired(spec=spec, spec_hash=digest, process_hash=identity[:16])
 

@@ -53,7 +53,7 @@ def spec_hash(model: BaseModel) -> str:
     Key order, comments, spelling out a default and the optional ``id`` key
     (always the file name) make no difference.
     """
-    return spec_hashes(model)[0]
+    return _digest(_whole(model))
 
 
 def process_hash(model: BaseModel) -> str:
@@ -67,7 +67,12 @@ def spec_hashes(model: BaseModel) -> tuple[str, str]:
     The process keys of the whole dump are what a dump of those keys alone
     gives (pruning works per key): one ``model_dump`` per spec read, not two.
     """
+    whole = _whole(model)
+    process = {key: whole[key] for key in PROCESS_IDENTITY_KEYS if key in whole}
+    return _digest(whole), _digest(process)
+
+
+def _whole(model: BaseModel) -> Any:
     canonical = _canonical(model)
-    canonical.pop("id", None)
-    process = {key: canonical[key] for key in PROCESS_IDENTITY_KEYS if key in canonical}
-    return _digest(canonical), _digest(process)
+    canonical.pop("id", None)  # always the file name
+    return canonical

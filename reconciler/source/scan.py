@@ -224,7 +224,8 @@ class Scanner:
         existing ancestor), so that a watch can be in place before the first scan.
         """
         if self._last_look is None:
-            return self._targets({}) or self._nearest_existing_ancestor()
+            root = os.path.realpath(self.specs_dir)
+            return self._targets(root, {}) or self._nearest_existing_ancestor()
         return self._watch_targets
 
     def scan(self, *, quick: bool = False) -> SpecSnapshot:
@@ -326,7 +327,7 @@ class Scanner:
                 target_dirs[target_dir] = None
         # forget what we read of files that are gone, or a re-created file could match by stat
         self._cache = {name: read for name, read in self._cache.items() if name in entries}
-        return _Pass(None, entries, fingerprints, self._targets(target_dirs))
+        return _Pass(None, entries, fingerprints, self._targets(real_dir, target_dirs))
 
     def _load(
         self, name: str, collector_id: str, checked_dirs: dict[str, str | None], real_dir: str
@@ -439,14 +440,14 @@ class Scanner:
 
     # -- what to watch --------------------------------------------------------------------
 
-    def _targets(self, target_dirs: Mapping[str, None]) -> tuple[WatchTarget, ...]:
-        """The specs directory, plus every directory outside it holding a symlink's target.
+    def _targets(self, root: str, target_dirs: Mapping[str, None]) -> tuple[WatchTarget, ...]:
+        """The specs directory (``root``: resolved), plus every directory outside it
+        holding a symlink's target.
 
         Targets below the specs directory are not watched: that is the
         ConfigMap's ``..<timestamp>`` directory, replaced as a whole by a swap
         that shows up as events in the specs directory itself.
         """
-        root = os.path.realpath(self.specs_dir)
         targets: list[WatchTarget] = []
         for index, directory in enumerate((root, *target_dirs)):
             if index > 0 and Path(directory).is_relative_to(root):

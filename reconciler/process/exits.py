@@ -43,9 +43,9 @@ def quiet_wakeup_fd() -> None:
     printed "Exception ignored when trying to write to the signal wakeup fd"
     on stderr. The warning is all that changes: a byte that does not fit is
     dropped with or without it, and for SIGCHLD one reap takes every exited
-    child. ``add_signal_handler`` sets the
-    fd with the warning on, so this follows it. Signals are blocked for the
-    swap, so none arrives between the two calls and goes unannounced.
+    child. ``add_signal_handler`` sets the fd with the warning on, so this
+    follows it. Signals are blocked for the swap, so none arrives between the
+    two calls and goes unannounced.
     """
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:

@@ -3,9 +3,9 @@
 Run: ``.venv/bin/python bench/import_cost.py [--repeat 3]``. Three tables:
 
 1. one fresh interpreter importing asyncio, psutil, pydantic, prometheus_client, inotify_simple,
-   aiohttp.web, then the reconciler's own modules (whose own cost is mostly building the
-   pydantic models of ``reconciler.spec``): RSS, USS and modules loaded
-   after each, and what that step added (a step's cost excludes what earlier steps loaded);
+   h11 (the HTTP parser of both listeners), then the reconciler's own modules (whose own
+   cost is mostly building the pydantic models of ``reconciler.spec``): RSS, USS and modules
+   loaded after each, and what that step added (a step's cost excludes what earlier steps loaded);
 2. the floor: the same for the declared dependencies alone (asyncio, psutil, pydantic and the
    spec models, with no HTTP server, metrics or process code);
 3. each module alone in a fresh interpreter: what it costs by itself (its share of a shared
@@ -31,11 +31,11 @@ STEPS = (
     "pydantic.main",  # ``pydantic`` alone is lazy: BaseModel's machinery and pydantic_core
     "prometheus_client",
     "inotify_simple",
-    "aiohttp",  # the package imports its HTTP client too
-    "aiohttp.web",
+    "h11",
     "reconciler.spec",
     "reconciler.process",
     "reconciler.loop",
+    "reconciler.http",
     "reconciler.metrics",
     "reconciler.api",
     "reconciler.daemon",

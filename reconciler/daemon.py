@@ -119,8 +119,6 @@ def setup_logging(log_format: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiohttp logs every request at INFO; the reconciler's own lines matter more.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def load_config(options: RunOptions) -> ManagerConfigFile:

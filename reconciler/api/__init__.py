@@ -1,4 +1,4 @@
-"""The control API: JSON over HTTP on a unix socket (DESIGN §8), served with aiohttp.
+"""The control API: JSON over HTTP on a unix socket (DESIGN §8), served by ``reconciler.http``.
 
 Routes::
 
@@ -21,7 +21,7 @@ Errors have the body ``{"error": {"code", "category", "message"}}``: every
 those, protocol errors that name no collector — ``NOT_FOUND`` (404, Resource)
 for an unknown route, ``METHOD_NOT_ALLOWED`` (405, Resource), ``BAD_REQUEST``
 (400, Configuration) for a bad query parameter or body, and for a request the HTTP
-parser refuses (``reconciler.api.protocol``) — and ``INTERNAL`` (500, Internal) for
+parser refuses (``reconciler.http``) — and ``INTERNAL`` (500, Internal) for
 a bug, which is logged with its traceback.
 
 Pause, resume and restart are operator overrides (DESIGN §7) carried out by the

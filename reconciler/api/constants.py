@@ -2,15 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from aiohttp import web
-
-from reconciler.loop import Reconciler
-
-if TYPE_CHECKING:
-    from reconciler.api.server import ApiServer
-
 API_PREFIX = "/api/v1"
 ACTION_TIMEOUT_SECONDS = 30.0
 """How long pause and resume wait for the collector to get there (else 504 TIMEOUT)."""
@@ -27,10 +18,7 @@ MAX_PLAN_FILES = 10_000
 """The most spec files one ``POST /api/v1/plan`` may name."""
 MAX_REQUEST_LINE_BYTES = 8190
 """The longest request line (method, path and query) and the longest header line: longer is
-400 ``BAD_REQUEST``, answered before any route is looked up (aiohttp's own default)."""
-
-RECONCILER_KEY = web.AppKey("reconciler", Reconciler)
-SERVER_KEY: web.AppKey[ApiServer] = web.AppKey("server")  # the server holding the app
+400 ``BAD_REQUEST``, answered before any route is looked up."""
 
 # Protocol errors: no ReconcilerError stands for them, as they name no collector.
 HTTP_ERRORS = {

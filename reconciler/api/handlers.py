@@ -8,17 +8,10 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-from aiohttp import hdrs, web
+from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
-from reconciler.api.constants import (
-    MAX_PLAN_FILES,
-    RECHECK_SECONDS,
-    RECONCILER_KEY,
-    SERVER_KEY,
-)
+from reconciler.api.constants import MAX_PLAN_FILES, RECHECK_SECONDS
 from reconciler.api.openapi import document
 from reconciler.api.peers import peer_of
 from reconciler.api.views import event_to_json, http_error_body, view_to_json
@@ -28,48 +21,35 @@ from reconciler.errors import (
     ReconcilerError,
     Timeout,
 )
+from reconciler.http import HttpError, Request, Response, Router, json_response
 from reconciler.loop import CollectorView, Reconciler
 from reconciler.spec.models import CollectorSpec
 from reconciler.state import CollectorState, DesiredState
+
+if TYPE_CHECKING:
+    from reconciler.api.server import ApiServer
 
 log = logging.getLogger("reconciler.api")
 
 # -- errors -----------------------------------------------------------------------------------
 
 
-@web.middleware
-async def admit(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every request, whatever the socket's mode: only those ``Admission`` admits."""
-    admission = request.app[SERVER_KEY].admission
-    transport = request.transport
-    refusal = admission.refusal(peer_of(transport.get_extra_info("socket") if transport else None))
+async def answer(api: ApiServer, request: Request, router: Router) -> Response:
+    """Admit (``Admission``), route, and make every failure the JSON error body of DESIGN §5."""
+    refusal = api.admission.refusal(peer_of(request.peer))
     if refusal is not None:
-        raise web.HTTPForbidden(text=refusal)
-    return await handler(request)
-
-
-@web.middleware
-async def errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every failure becomes the JSON error body of DESIGN §5, never aiohttp's HTML page."""
+        return json_response(http_error_body(403, refusal), status=403)
     try:
+        handler = router.resolve(request)
         return await handler(request)
     except ReconcilerError as exc:
         body: dict[str, Any] = {"error": exc.to_dict()}
         if isinstance(exc, InvalidSpec):
             body["error"]["problems"] = exc.problems
-        return web.json_response(body, status=exc.http_status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else None
-        message = message or f"{request.method} {request.path}: {exc.reason}"
-        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return web.json_response(
-            http_error_body(exc.status, message), status=exc.status, headers=allow
+        return json_response(body, status=exc.http_status)
+    except HttpError as exc:
+        return json_response(
+            http_error_body(exc.status, exc.message), status=exc.status, headers=exc.headers
         )
     except Exception as exc:
         log.exception("control API: %s %s failed", request.method, request.path)
@@ -77,29 +57,25 @@ async def errors(
         internal = ReconcilerError(
             f"internal error ({type(exc).__name__}); the reconciler's log has the details"
         )
-        return web.json_response({"error": internal.to_dict()}, status=internal.http_status)
+        return json_response({"error": internal.to_dict()}, status=internal.http_status)
 
 
 # -- handlers ----------------------------------------------------------------------------------
 
 
-def _reconciler(request: web.Request) -> Reconciler:
-    return request.app[RECONCILER_KEY]
-
-
-def _flag(request: web.Request, name: str) -> bool:
+def _flag(request: Request, name: str) -> bool:
     """A boolean query parameter, as the OpenAPI document has it: true or false (any case)."""
     value = request.query.get(name, "false")
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise web.HTTPBadRequest(text=f"{name}: must be true or false (got {value!r})")
+    raise HttpError(400, f"{name}: must be true or false (got {value!r})")
 
 
-async def list_collectors(request: web.Request) -> web.Response:
-    reconciler = _reconciler(request)
+async def list_collectors(api: ApiServer, request: Request) -> Response:
+    reconciler = api.reconciler
     if _flag(request, "rescan"):
         await _rescan(reconciler)
-    return web.json_response(
+    return json_response(
         {
             "collectors": [view_to_json(view) for view in reconciler.views()],
             "ready": reconciler.ready.is_set(),
@@ -108,13 +84,13 @@ async def list_collectors(request: web.Request) -> web.Response:
     )
 
 
-async def get_collector(request: web.Request) -> web.Response:
-    view = _reconciler(request).view(request.match_info["id"])
-    return web.json_response(view_to_json(view))
+async def get_collector(api: ApiServer, request: Request) -> Response:
+    view = api.reconciler.view(request.match_info["id"])
+    return json_response(view_to_json(view))
 
 
-async def restart(request: web.Request) -> web.Response:
-    reconciler = _reconciler(request)
+async def restart(api: ApiServer, request: Request) -> Response:
+    reconciler = api.reconciler
     collector_id = request.match_info["id"]
     view = reconciler.view(collector_id)
     _require_spec(view, "restart")
@@ -127,15 +103,15 @@ async def restart(request: web.Request) -> web.Response:
         raise InvalidState(f"cannot restart {collector_id!r}: it has not been started yet")
     pid = await reconciler.operator_restart(collector_id)
     # "pid" is the restart's own result, even if that process has already gone again.
-    return web.json_response({**view_to_json(reconciler.view(collector_id)), "pid": pid})
+    return json_response({**view_to_json(reconciler.view(collector_id)), "pid": pid})
 
 
-async def pause(request: web.Request) -> web.Response:
-    return await _override(request, DesiredState.PAUSED)
+async def pause(api: ApiServer, request: Request) -> Response:
+    return await _override(api, request, DesiredState.PAUSED)
 
 
-async def resume(request: web.Request) -> web.Response:
-    return await _override(request, DesiredState.RUNNING)
+async def resume(api: ApiServer, request: Request) -> Response:
+    return await _override(api, request, DesiredState.RUNNING)
 
 
 def _require_spec(view: CollectorView, verb: str) -> CollectorSpec:
@@ -145,15 +121,14 @@ def _require_spec(view: CollectorView, verb: str) -> CollectorSpec:
     return view.spec
 
 
-async def _override(request: web.Request, action: DesiredState) -> web.Response:
+async def _override(api: ApiServer, request: Request, action: DesiredState) -> Response:
     """Set a pause or resume override, then wait until the collector is there.
 
     Refused (INVALID_STATE) where the override could never take effect: a
     collector its spec stops (resume is the opposite of pause, not a start)
     or one that has failed (that takes ``restart`` or a spec change).
     """
-    reconciler = _reconciler(request)
-    server = request.app[SERVER_KEY]
+    reconciler = api.reconciler
     collector_id = request.match_info["id"]
     verb = "pause" if action == DesiredState.PAUSED else "resume"
     view = reconciler.view(collector_id)
@@ -189,17 +164,17 @@ async def _override(request: web.Request, action: DesiredState) -> web.Response:
             )
         return False
 
-    if not await _until(reconciler, arrived, timeout_seconds=server.action_timeout_seconds):
+    if not await _until(reconciler, arrived, timeout_seconds=api.action_timeout_seconds):
         current = reconciler.view(collector_id)
         raise Timeout(
             f"{collector_id!r} is still {current.state} after "
-            f"{server.action_timeout_seconds:g} s; the {verb} stays in effect "
+            f"{api.action_timeout_seconds:g} s; the {verb} stays in effect "
             "and is carried out when it can be"
         )
     # The override was saved when it was set; the paused (or resumed) process
     # may have started since: it is on disk too before the answer.
     reconciler.persist()
-    return web.json_response(view_to_json(reconciler.view(collector_id)))
+    return json_response(view_to_json(reconciler.view(collector_id)))
 
 
 def _last_error(view: CollectorView) -> str:
@@ -236,8 +211,8 @@ async def _until(
         reconciler.pass_listeners.remove(on_pass)
 
 
-async def events(request: web.Request) -> web.Response:
-    reconciler = _reconciler(request)
+async def events(api: ApiServer, request: Request) -> Response:
+    reconciler = api.reconciler
     collector_id = request.query.get("id")
     limit_text = request.query.get("limit")
     limit: int | None = None
@@ -245,7 +220,7 @@ async def events(request: web.Request) -> web.Response:
         # Digits only: int() would also take " 5", "+5", "1_0" and non-ASCII digits.
         significant = limit_text.lstrip("0")
         if not (limit_text.isascii() and limit_text.isdigit() and significant):
-            raise web.HTTPBadRequest(text=f"limit: must be a positive integer (got {limit_text!r})")
+            raise HttpError(400, f"limit: must be a positive integer (got {limit_text!r})")
         # More than any event log holds (and than int() parses, past 4300 digits): all.
         limit = int(significant) if len(significant) <= 18 else None
     # A forgotten collector's events are still of interest: an unknown id is no error.
@@ -254,40 +229,40 @@ async def events(request: web.Request) -> web.Response:
     ]
     if limit is not None:
         events = events[-limit:]
-    return web.json_response({"events": [event_to_json(e) for e in events]})
+    return json_response({"events": [event_to_json(e) for e in events]})
 
 
-async def reload(request: web.Request) -> web.Response:
-    reconciler = _reconciler(request)
-    reload = request.app[SERVER_KEY].reload
+async def reload(api: ApiServer, request: Request) -> Response:
+    reconciler = api.reconciler
+    reload = api.reload
     if reload is not None:
         reload()  # raises InvalidSpec (422) if the config file is refused
     await _rescan(reconciler)
-    return web.json_response({"reloaded": True})
+    return json_response({"reloaded": True})
 
 
-async def plan(request: web.Request) -> web.Response:
+async def plan(api: ApiServer, request: Request) -> Response:
     """``reconciler diff``: spec files in (``{"files": {name: toml}}``; none: the specs
     directory), the lines ``plan()`` would carry out against this daemon's state out."""
-    reconciler = _reconciler(request)
+    reconciler = api.reconciler
     body = await _json_body(request)
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text='body: must be a JSON object, e.g. {"files": {...}}')
+        raise HttpError(400, 'body: must be a JSON object, e.g. {"files": {...}}')
     unknown = sorted(set(body) - {"files"})
     if unknown:
-        raise web.HTTPBadRequest(text=f'body: unknown key {unknown[0]!r} (only "files")')
+        raise HttpError(400, f'body: unknown key {unknown[0]!r} (only "files")')
     files = body.get("files")
     if "files" not in body:
         await _rescan(reconciler)
         lines = reconciler.diff()
     else:
         if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-            raise web.HTTPBadRequest(text="files: must map file names to TOML text")
+            raise HttpError(400, "files: must map file names to TOML text")
         if len(files) > MAX_PLAN_FILES:
-            raise web.HTTPBadRequest(text=f"files: at most {MAX_PLAN_FILES} (got {len(files)})")
+            raise HttpError(400, f"files: at most {MAX_PLAN_FILES} (got {len(files)})")
         _refuse_paths(files)
         lines = reconciler.diff(_utf8(files))
-    return web.json_response(
+    return json_response(
         {
             "differences": sum(line.difference for line in lines),
             "actions": [line.to_json() for line in lines],
@@ -315,49 +290,35 @@ def _utf8(files: dict[str, str]) -> dict[str, bytes]:
         try:
             encoded[name] = text.encode()
         except UnicodeEncodeError as exc:
-            raise web.HTTPBadRequest(
-                text=f"files: {name!r}: not Unicode text (a lone surrogate at {exc.start})"
+            raise HttpError(
+                400, f"files: {name!r}: not Unicode text (a lone surrogate at {exc.start})"
             ) from None
     return encoded
 
 
-async def _json_body(request: web.Request) -> object:
+async def _json_body(request: Request) -> object:
     """The request's JSON body (``{}`` when there is none); any body that is not plain
     JSON is 400.
 
     Read as bytes and parsed as UTF-8 whatever charset the Content-Type claims (JSON is
-    UTF-8, RFC 8259; and an unknown charset must not become a 500). Not decompressed:
-    the server is told not to (``Connection``), and a Content-Encoding is refused here,
-    so that no body grows past the size limit once read.
+    UTF-8, RFC 8259; and an unknown charset must not become a 500). Never decompressed:
+    a Content-Encoding is refused, so that no body grows past the size limit once read.
+    ``read()`` refuses a body past the limit (413; one announced larger before a byte of
+    it is read), a malformed chunk, and a client that hangs up mid-body (400, logged).
     """
-    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
-        raise web.HTTPBadRequest(
-            text=f"body: Content-Encoding {encoding!r} is not accepted; send plain JSON"
+        raise HttpError(
+            400, f"body: Content-Encoding {encoding!r} is not accepted; send plain JSON"
         )
     if not request.can_read_body:
         return {}
-    announced = request.content_length
-    if announced is not None and announced > request.client_max_size:
-        # Refused before a byte of it is read (or waited for).
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=request.client_max_size,
-            actual_size=announced,
-            text=f"body: {announced} bytes; at most {request.client_max_size}",
-        )
-    try:
-        data = await request.read()  # 413 past client_max_size
-    except web.RequestPayloadError as exc:  # a chunk found malformed while reading
-        raise web.HTTPBadRequest(text=f"body: malformed ({exc.__cause__ or exc})") from None
-    except ConnectionResetError:
-        # Nobody is left to answer: not the daemon's failure, so no traceback.
-        log.info("control API: %s %s: the client hung up mid-body", request.method, request.path)
-        raise web.HTTPBadRequest(text="body: the client hung up before sending it all") from None
+    data = await request.read()
     try:
         return json.loads(data) if data else {}
     except (ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise web.HTTPBadRequest(text=f"body: not JSON ({reason})") from None
+        raise HttpError(400, f"body: not JSON ({reason})") from None
 
 
 async def _rescan(reconciler: Reconciler) -> None:
@@ -368,8 +329,6 @@ async def _rescan(reconciler: Reconciler) -> None:
     reconciler.wake()
 
 
-async def openapi(request: web.Request) -> web.Response:
+async def openapi(api: ApiServer, request: Request) -> Response:
     """The API described in OpenAPI 3.1."""
-    return web.json_response(document(__version__))
-
-
+    return json_response(document(__version__))

@@ -3,10 +3,10 @@ a live daemon."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -16,20 +16,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from aiohttp import web
-
 from reconciler.api.constants import (
     ACTION_TIMEOUT_SECONDS,
     API_PREFIX,
     MAX_REQUEST_LINE_BYTES,
     PLAN_BODY_MAX_BYTES,
-    RECONCILER_KEY,
-    SERVER_KEY,
     SHUTDOWN_TIMEOUT_SECONDS,
 )
 from reconciler.api.handlers import (
-    admit,
-    errors,
+    answer,
     events,
     get_collector,
     list_collectors,
@@ -41,11 +36,12 @@ from reconciler.api.handlers import (
     resume,
 )
 from reconciler.api.peers import Admission
-from reconciler.api.protocol import Connection
+from reconciler.api.views import http_error_body
 from reconciler.errors import (
     AlreadyRunning,
     Io,
 )
+from reconciler.http import HttpServer, Request, Response, Router, json_response
 from reconciler.loop import Reconciler
 
 log = logging.getLogger("reconciler.api")
@@ -79,8 +75,7 @@ class ApiServer:
         self.socket_path = Path(socket_path)
         self.reload = reload
         self.action_timeout_seconds = action_timeout_seconds
-        self._runner: web.AppRunner | None = None
-        self._listener: asyncio.AbstractServer | None = None
+        self._http: HttpServer | None = None
         self._lock_fd: int | None = None
         self._socket_identity: tuple[int, int] | None = None
 
@@ -89,22 +84,39 @@ class ApiServer:
         """Held (flock) while serving, so that two daemons never race for one socket."""
         return self.socket_path.with_name(self.socket_path.name + ".lock")
 
-    def _application(self) -> web.Application:
-        # A whole spec tree for `reconciler diff` fits; each spec file is far smaller.
-        app = web.Application(middlewares=[errors, admit], client_max_size=PLAN_BODY_MAX_BYTES)
-        app[RECONCILER_KEY] = self.reconciler
-        app[SERVER_KEY] = self
+    def _router(self) -> Router:
+        router = Router()
         collector = API_PREFIX + "/collectors/{id}"
-        app.router.add_get(API_PREFIX + "/collectors", list_collectors)
-        app.router.add_get(collector, get_collector)
-        app.router.add_post(collector + "/restart", restart)
-        app.router.add_post(collector + "/pause", pause)
-        app.router.add_post(collector + "/resume", resume)
-        app.router.add_get(API_PREFIX + "/events", events)
-        app.router.add_post(API_PREFIX + "/reload", reload)
-        app.router.add_post(API_PREFIX + "/plan", plan)
-        app.router.add_get(API_PREFIX + "/openapi.json", openapi)
-        return app
+        for method, path, handler in (
+            ("GET", API_PREFIX + "/collectors", list_collectors),
+            ("GET", collector, get_collector),
+            ("POST", collector + "/restart", restart),
+            ("POST", collector + "/pause", pause),
+            ("POST", collector + "/resume", resume),
+            ("GET", API_PREFIX + "/events", events),
+            ("POST", API_PREFIX + "/reload", reload),
+            ("POST", API_PREFIX + "/plan", plan),
+            ("GET", API_PREFIX + "/openapi.json", openapi),
+        ):
+            router.add(method, path, functools.partial(handler, self))
+        return router
+
+    def _http_server(self) -> HttpServer:
+        router = self._router()
+
+        async def handle(request: Request) -> Response:
+            return await answer(self, request, router)
+
+        return HttpServer(
+            handle,
+            refusal=_refusal,
+            log=log,
+            label="control API",
+            # A whole spec tree for `reconciler diff` fits; each spec file is far smaller.
+            max_body_bytes=PLAN_BODY_MAX_BYTES,
+            max_line_bytes=MAX_REQUEST_LINE_BYTES,
+            shutdown_seconds=SHUTDOWN_TIMEOUT_SECONDS,
+        )
 
     async def start(self) -> None:
         path = self.socket_path
@@ -116,14 +128,8 @@ class ApiServer:
         self._lock_fd = _lock(self.lock_path, socket_path=path)
         try:
             _refuse_live_socket(path)
-            runner = web.AppRunner(
-                self._application(),
-                handle_signals=False,
-                shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
-            )
-            await runner.setup()
-            self._runner = runner
-            self._listener = await _serve_privately(runner, path, group=self.admission.gid)
+            self._http = self._http_server()
+            await _serve_privately(self._http, path, group=self.admission.gid)
             st = os.stat(path)
             self._socket_identity = (st.st_dev, st.st_ino)
         except BaseException:
@@ -133,14 +139,9 @@ class ApiServer:
 
     async def stop(self) -> None:
         """Stop serving and remove the socket (if it is still ours)."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()  # closes the connections, waits for their requests
-        if listener is not None:
-            await listener.wait_closed()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()  # closes the connections, waits for their requests
         identity, self._socket_identity = self._socket_identity, None
         if identity is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -206,9 +207,12 @@ def _refuse_live_socket(path: Path) -> None:
     )
 
 
-async def _serve_privately(
-    runner: web.AppRunner, path: Path, *, group: int | None
-) -> asyncio.AbstractServer:
+def _refusal(status: int, message: str) -> Response:
+    """A request the HTTP layer refused, as DESIGN §5's JSON error body."""
+    return json_response(http_error_body(status, message), status=status)
+
+
+async def _serve_privately(http: HttpServer, path: Path, *, group: int | None) -> None:
     """Listen on ``path`` with mode 0600 (0660 for ``group``), never more open for a moment.
 
     A new socket file gets 0777 less the umask; chmod after bind would leave a
@@ -217,9 +221,6 @@ async def _serve_privately(
     another thread would inherit it). So the socket is bound in a fresh 0700
     directory no one else can enter, made 0600 there, then renamed into place
     in one step — which also replaces a stale socket without a gap.
-
-    Served with ``Connection`` rather than aiohttp's own handler (what a ``UnixSite``
-    would use), so that even a request aiohttp cannot parse is answered in JSON.
     """
     try:
         private = Path(tempfile.mkdtemp(prefix=".", dir=path.parent))
@@ -227,22 +228,8 @@ async def _serve_privately(
         raise Io(f"cannot create a socket in {path.parent}: {exc.strerror or exc}") from exc
     try:
         temporary = private / "s"
-        server = runner.server
-        assert server is not None  # set up by the caller
-        loop = asyncio.get_running_loop()
-
-        def connection() -> Connection:
-            return Connection(
-                server,
-                loop=loop,
-                max_line_size=MAX_REQUEST_LINE_BYTES,
-                max_field_size=MAX_REQUEST_LINE_BYTES,
-                # A body is taken as sent: no gzip bomb grows past the size limit.
-                auto_decompress=False,
-            )
-
         try:
-            listener = await loop.create_unix_server(connection, str(temporary))
+            listener = await http.serve_unix(str(temporary))
         except OSError as exc:
             raise Io(f"cannot listen on {path}: {exc.strerror or exc}") from exc
         try:
@@ -255,4 +242,3 @@ async def _serve_privately(
             raise Io(f"cannot create {path}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    return listener

@@ -98,8 +98,8 @@ def _exchange(
 
     A few lines of HTTP instead of ``http.client``: importing it (and the
     ``email`` package it parses headers with) took longer than the request.
-    The daemon is aiohttp, which answers a closed connection with a
-    ``Content-Length`` or chunked body; both are read here.
+    The daemon answers with a ``Content-Length`` body; a chunked one (from
+    anything else on the socket) is read too.
     """
     # The C socket ``socket.socket`` subclasses: the same calls and errors (OSError, and
     # TimeoutError on the timeout), without socket.py's import.

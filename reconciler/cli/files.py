@@ -282,8 +282,3 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     )
 
-
-# --- control API client: status, restart, pause, resume, events, wait ------------------
-#
-# These talk to a running `reconciler run` over its unix socket (DESIGN §8).
-# aiohttp is imported inside the functions: `validate` and `schema` must stay quick.

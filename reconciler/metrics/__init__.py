@@ -15,7 +15,7 @@ family's encoded and compressed text until it changes (``exposition``), and
 what the loop reports through its listeners (pass durations, actions).
 
 ``MetricsServer`` serves the registry on the read-only TCP listener of
-DESIGN §8 (aiohttp). ``reconciler.daemon`` starts it next to the loop;
+DESIGN §8 (``reconciler.http``). ``reconciler.daemon`` starts it next to the loop;
 embedders and tests may too. A scrape runs in the event-loop thread, with no
 process-wide side effect (the garbage collector is left as it is); at 1000
 collectors it has ~23 000 samples, too many for ``generate_latest``, so the

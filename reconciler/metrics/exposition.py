@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Sequence
 
 COMPRESSION_LEVEL = 6
-"""zlib's default, what aiohttp used."""
+"""zlib's default."""
 _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 """Magic, deflate, no flags, no mtime, no extra flags, OS unknown (RFC 1952)."""
 _FINAL_BLOCK = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS).flush()

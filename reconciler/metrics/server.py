@@ -7,10 +7,10 @@ import gc
 import logging
 import time
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from reconciler.errors import InvalidSpec, Io
+from reconciler.http import HttpServer, Request, Response, Router, text_response
 from reconciler.loop import Reconciler
 from reconciler.metrics.collector import ReconcilerCollector
 from reconciler.metrics.constants import SLOW_SCRAPE_SECONDS
@@ -37,6 +37,10 @@ def accepts_gzip(accept_encoding: str) -> bool:
                     quality = 0.0
         allowed[coding.strip()] = quality > 0
     return allowed.get("gzip", allowed.get("x-gzip", allowed.get("*", False)))
+
+
+def _refusal(status: int, message: str) -> Response:
+    return text_response(message + "\n", status=status)
 
 
 def parse_address(address: str) -> tuple[str | None, int]:
@@ -96,24 +100,26 @@ class MetricsServer:
         self._exposition = Exposition()
         self.collect_young_first = True
         """Collect the young generations before each scrape (see ``scrape``)."""
-        self._runner: web.AppRunner | None = None
+        self._http: HttpServer | None = None
 
     async def start(self) -> tuple[str, int]:
         """Listen; return the bound host and port (the port picked when 0)."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        router = Router()
+        router.add("GET", "/metrics", self._metrics)
+        router.add("GET", "/healthz", self._healthz)
+        router.add("GET", "/readyz", self._readyz)
+
+        async def handle(request: Request) -> Response:
+            return await router.resolve(request)(request)
+
+        http = HttpServer(handle, refusal=_refusal, log=log, label="metrics", max_body_bytes=0)
         try:
-            await site.start()
+            listener = await http.serve_tcp(self.host, self.port)
         except OSError as exc:
-            await runner.cleanup()
+            await http.close()
             raise Io(f"cannot listen on {self.address}: {exc.strerror or exc}") from exc
-        self._runner = runner
-        sockname = runner.addresses[0]
+        self._http = http
+        sockname = listener.sockets[0].getsockname()
         host, port = str(sockname[0]), int(sockname[1])
         log.info(
             "metrics on http://%s/metrics", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -121,9 +127,9 @@ class MetricsServer:
         return host, port
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.close()
         self.collector.close()
 
     def scrape(self, *, gzip: bool = False) -> bytes:
@@ -139,24 +145,24 @@ class MetricsServer:
             log.warning("a metrics scrape took %.2f s in the event loop", elapsed)
         return body
 
-    async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+    async def _metrics(self, request: Request) -> Response:
+        gzip = accepts_gzip(request.headers.get("accept-encoding", ""))
         headers = {"Content-Type": CONTENT_TYPE_LATEST, "Vary": "Accept-Encoding"}
         if gzip:
             # Prometheus asks for it. Compressed here, in the loop: only the
             # families whose text changed since the last scrape (``Exposition``).
             headers["Content-Encoding"] = "gzip"
-        return web.Response(body=self.scrape(gzip=gzip), headers=headers)
+        return Response(200, self.scrape(gzip=gzip), headers)
 
-    async def _healthz(self, request: web.Request) -> web.Response:
+    async def _healthz(self, request: Request) -> Response:
         if self.loop_alive():
-            return web.Response(text="ok\n")
-        return web.Response(status=503, text="reconcile loop not running\n")
+            return text_response("ok\n")
+        return text_response("reconcile loop not running\n", status=503)
 
-    async def _readyz(self, request: web.Request) -> web.Response:
+    async def _readyz(self, request: Request) -> Response:
         if self.reconciler.ready.is_set():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="first reconcile not done\n")
+            return text_response("ready\n")
+        return text_response("first reconcile not done\n", status=503)
 
     def loop_alive(self) -> bool:
         """Whether the reconcile loop is running (passing, or waiting to be woken).

@@ -8,18 +8,30 @@ watcher, and a probe that overruns its timeout is killed with its group.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 from collections.abc import Mapping
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-import aiohttp
+import h11
 
+from reconciler import __version__
 from reconciler.process.driver import ProbeResult
 from reconciler.process.exits import ExitWatcher
 from reconciler.spec.models import Probe
+
+
+def _os_reason(exc: OSError) -> str:
+    """"Connection refused", not asyncio's "Connect call failed ('127.0.0.1', 80)"."""
+    if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+        return os.strerror(exc.errno)
+    return str(exc.strerror or exc)  # a resolver error: "Name or service not known"
 
 
 def _split_host_port(address: str) -> tuple[str, int]:
@@ -70,20 +82,93 @@ async def _exec_probe(
     return ProbeResult(False, f"probe command exited with code {code}")
 
 
-async def _http_probe(url: str, *, timeout_seconds: float) -> ProbeResult:
-    timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+_TLS: ssl.SSLContext | None = None
+"""One verifying client context, made at the first https probe (loading the CA store costs)."""
+_READ_BYTES = 16384
+
+
+def _tls() -> ssl.SSLContext:
+    global _TLS
+    if _TLS is None:
+        _TLS = ssl.create_default_context()
+    return _TLS
+
+
+def _shown(url: str) -> str:
+    """The URL as a message may show it: a password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _request(url: str) -> tuple[str, int, bool, h11.Request]:
+    """Host, port, whether TLS, and the GET to send, for ``url``."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if tls else 80)
+    authority = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        authority += f":{port}"
+    headers = [
+        ("Host", authority),
+        ("User-Agent", f"reconciler/{__version__}"),
+        ("Accept", "*/*"),
+        ("Connection", "close"),
+    ]
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        token = base64.b64encode(credentials.encode()).decode()
+        headers.append(("Authorization", f"Basic {token}"))
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return host, port, tls, h11.Request(method="GET", target=target, headers=headers)
+
+
+async def _http_status(url: str) -> int:
+    """The status of ``GET url``: its head only, no redirect followed, no body read."""
+    host, port, tls, request = _request(url)
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=_tls() if tls else None, server_hostname=host if tls else None
+    )
     try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url, allow_redirects=False) as response,
-        ):
-            if response.status < 400:
-                return ProbeResult(True, f"GET {url}: HTTP {response.status}")
-            return ProbeResult(False, f"GET {url}: HTTP {response.status}")
+        conn = h11.Connection(h11.CLIENT)
+        writer.write(conn.send(request) + conn.send(h11.EndOfMessage()))
+        await writer.drain()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(_READ_BYTES))
+            elif isinstance(event, h11.Response):
+                return event.status_code
+            elif isinstance(event, h11.ConnectionClosed):
+                raise h11.RemoteProtocolError("the server closed the connection without answering")
+            # An informational answer (1xx) comes before the real one.
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+async def _http_probe(url: str, *, timeout_seconds: float) -> ProbeResult:
+    shown = _shown(url)
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            status = await _http_status(url)
     except TimeoutError:
-        return ProbeResult(False, f"GET {url}: timed out after {timeout_seconds:g} s")
-    except aiohttp.ClientError as exc:
-        return ProbeResult(False, f"GET {url}: {exc}")
+        return ProbeResult(False, f"GET {shown}: timed out after {timeout_seconds:g} s")
+    except h11.ProtocolError as exc:
+        # h11 may quote the bytes it refused: its reason only.
+        reason = str(exc).split(": bytearray(", 1)[0].split(": b'", 1)[0][:200]
+        return ProbeResult(False, f"GET {shown}: not an HTTP answer ({reason})")
+    except ssl.SSLError as exc:
+        return ProbeResult(False, f"GET {shown}: TLS: {exc.reason or exc}")
+    except OSError as exc:
+        return ProbeResult(False, f"GET {shown}: {_os_reason(exc)}")
+    except ValueError as exc:  # a port past 65535, a host IDNA cannot encode
+        return ProbeResult(False, f"GET {shown}: not a URL to connect to ({exc})")
+    return ProbeResult(status < 400, f"GET {shown}: HTTP {status}")
 
 
 async def _tcp_probe(address: str, *, timeout_seconds: float) -> ProbeResult:
@@ -93,7 +178,7 @@ async def _tcp_probe(address: str, *, timeout_seconds: float) -> ProbeResult:
     except TimeoutError:
         return ProbeResult(False, f"connect {address}: timed out after {timeout_seconds:g} s")
     except OSError as exc:
-        return ProbeResult(False, f"connect {address}: {exc.strerror or exc}")
+        return ProbeResult(False, f"connect {address}: {_os_reason(exc)}")
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()

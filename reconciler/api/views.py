@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from reconciler.api.constants import HTTP_ERRORS
 from reconciler.loop import CollectorView, Event
-from reconciler.spec.models import CollectorSpec
+from reconciler.spec.models import CollectorSpec, url_without_password
 from reconciler.state import HealthStatus
 
 # -- JSON ----------------------------------------------------------------------------------
@@ -27,16 +26,8 @@ def spec_to_json(spec: CollectorSpec) -> dict[str, Any]:
     for probe in ("health_check", "ready_check"):
         check = data.get(probe)
         if isinstance(check, dict) and isinstance(check.get("http"), str):
-            check["http"] = _without_password(check["http"])
+            check["http"] = url_without_password(check["http"])
     return data
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def view_to_json(view: CollectorView) -> dict[str, Any]:

@@ -11,27 +11,38 @@ import asyncio
 import base64
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
 from collections.abc import Mapping
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import h11
 
 from reconciler import __version__
 from reconciler.process.driver import ProbeResult
 from reconciler.process.exits import ExitWatcher
-from reconciler.spec.models import Probe
+from reconciler.spec.models import Probe, url_without_password
 
 
 def _os_reason(exc: OSError) -> str:
-    """"Connection refused", not asyncio's "Connect call failed ('127.0.0.1', 80)"."""
+    """The system's words, "Connection refused", not asyncio's "Connect call failed (...)".
+
+    A name with several addresses (``localhost``: ::1 and 127.0.0.1) that all fail gives
+    asyncio's "Multiple exceptions: [Errno 111] Connect call failed (...), ...": each
+    distinct reason once.
+    """
     if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
         return os.strerror(exc.errno)
-    return str(exc.strerror or exc)  # a resolver error: "Name or service not known"
+    text = str(exc.strerror or exc)  # a resolver error: "Name or service not known"
+    if text.startswith("Multiple exceptions: "):
+        errnos = dict.fromkeys(int(n) for n in re.findall(r"\[Errno (\d+)\]", text))
+        if errnos:
+            return "; ".join(os.strerror(n) for n in errnos)
+    return text
 
 
 def _split_host_port(address: str) -> tuple[str, int]:
@@ -85,6 +96,11 @@ async def _exec_probe(
 _TLS: ssl.SSLContext | None = None
 """One verifying client context, made at the first https probe (loading the CA store costs)."""
 _READ_BYTES = 16384
+_HANG_UP_SECONDS = 1.0
+"""How long a finished probe waits for its connection to close (a TLS close_notify) before
+dropping it: a server that streams on, or never answers the close, costs no more."""
+_TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
+"""Kept as written in a request target; anything else (a space, non-ASCII) is %-encoded."""
 
 
 def _tls() -> ssl.SSLContext:
@@ -94,23 +110,23 @@ def _tls() -> ssl.SSLContext:
     return _TLS
 
 
-def _shown(url: str) -> str:
-    """The URL as a message may show it: a password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
 def _request(url: str) -> tuple[str, int, bool, h11.Request]:
-    """Host, port, whether TLS, and the GET to send, for ``url``."""
+    """Host, port, whether TLS, and the GET to send, for ``url``.
+
+    Raises ``ValueError`` for a URL with no host or a bad port, or a host IDNA cannot encode.
+    """
     parts = urlsplit(url)
     tls = parts.scheme == "https"
-    host = parts.hostname or ""
-    port = parts.port or (443 if tls else 80)
-    authority = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
+    default = 443 if tls else 80
+    port = default if parts.port is None else parts.port
+    if not parts.hostname:
+        raise ValueError("no host")
+    if ":" in parts.hostname:  # IPv6, from between the brackets; a zone as %25 in the URL
+        host, authority = unquote(parts.hostname), f"[{parts.hostname}]"
+    else:
+        host = parts.hostname
+        authority = host.encode("idna").decode("ascii")
+    if port != default:
         authority += f":{port}"
     headers = [
         ("Host", authority),
@@ -122,51 +138,87 @@ def _request(url: str) -> tuple[str, int, bool, h11.Request]:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         token = base64.b64encode(credentials.encode()).decode()
         headers.append(("Authorization", f"Basic {token}"))
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), _TARGET_SAFE)
     return host, port, tls, h11.Request(method="GET", target=target, headers=headers)
 
 
-async def _http_status(url: str) -> int:
-    """The status of ``GET url``: its head only, no redirect followed, no body read."""
-    host, port, tls, request = _request(url)
-    reader, writer = await asyncio.open_connection(
-        host, port, ssl=_tls() if tls else None, server_hostname=host if tls else None
-    )
+async def _hang_up(writer: asyncio.StreamWriter) -> None:
+    """Close the connection; drop it if closing takes longer than ``_HANG_UP_SECONDS``."""
+    writer.close()
+    closed = False
     try:
-        conn = h11.Connection(h11.CLIENT)
-        writer.write(conn.send(request) + conn.send(h11.EndOfMessage()))
-        await writer.drain()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await reader.read(_READ_BYTES))
-            elif isinstance(event, h11.Response):
-                return event.status_code
-            elif isinstance(event, h11.ConnectionClosed):
-                raise h11.RemoteProtocolError("the server closed the connection without answering")
-            # An informational answer (1xx) comes before the real one.
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
+        async with asyncio.timeout(_HANG_UP_SECONDS):
             await writer.wait_closed()
+        closed = True
+    except (OSError, TimeoutError):  # ssl.SSLError is an OSError
+        pass
+    finally:  # also when cancelled meanwhile
+        if not closed:
+            writer.transport.abort()
+
+
+async def _status(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, get: h11.Request
+) -> int:
+    """Send ``get`` and read the answer's head, up to its status: never its body."""
+    conn = h11.Connection(h11.CLIENT)
+    writer.write(conn.send(get) + conn.send(h11.EndOfMessage()))
+    await writer.drain()
+    while True:
+        event = conn.next_event()  # a head past 16 KiB is a RemoteProtocolError
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(_READ_BYTES))
+        elif isinstance(event, h11.Response):
+            return event.status_code
+        elif isinstance(event, h11.ConnectionClosed):
+            raise h11.RemoteProtocolError("the server closed the connection without answering")
+        # An informational answer (1xx) comes before the real one.
+
+
+async def _http_status(url: str, *, timeout_seconds: float) -> int:
+    """The status of ``GET url``, no redirect followed, within ``timeout_seconds``.
+
+    The time limit covers connecting (TLS included), sending and reading the head, not the
+    hang-up after it: a status read in time stands.
+    """
+    host, port, tls, get = _request(url)
+    async with asyncio.timeout(timeout_seconds) as limit:
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=_tls() if tls else None, server_hostname=host if tls else None
+        )
+    try:
+        async with asyncio.timeout_at(limit.when()):
+            return await _status(reader, writer, get)
+    finally:
+        await _hang_up(writer)
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"  # "self-signed certificate"
+    return str(exc.reason or exc.strerror or exc)  # "WRONG_VERSION_NUMBER"
 
 
 async def _http_probe(url: str, *, timeout_seconds: float) -> ProbeResult:
-    shown = _shown(url)
+    """``GET url`` passes when its status is below 400; it never raises but when cancelled."""
+    shown = url_without_password(url)
     try:
-        async with asyncio.timeout(timeout_seconds):
-            status = await _http_status(url)
-    except TimeoutError:
+        status = await _http_status(url, timeout_seconds=timeout_seconds)
+    except TimeoutError as exc:
+        if exc.errno is not None:  # the kernel's connect timeout, before ours
+            return ProbeResult(False, f"GET {shown}: {_os_reason(exc)}")
         return ProbeResult(False, f"GET {shown}: timed out after {timeout_seconds:g} s")
+    except h11.LocalProtocolError as exc:  # a control character in the URL
+        return ProbeResult(False, f"GET {shown}: not a URL to request ({exc})")
     except h11.ProtocolError as exc:
         # h11 may quote the bytes it refused: its reason only.
         reason = str(exc).split(": bytearray(", 1)[0].split(": b'", 1)[0][:200]
         return ProbeResult(False, f"GET {shown}: not an HTTP answer ({reason})")
     except ssl.SSLError as exc:
-        return ProbeResult(False, f"GET {shown}: TLS: {exc.reason or exc}")
+        return ProbeResult(False, f"GET {shown}: TLS: {_tls_reason(exc)}")
     except OSError as exc:
         return ProbeResult(False, f"GET {shown}: {_os_reason(exc)}")
-    except ValueError as exc:  # a port past 65535, a host IDNA cannot encode
+    except ValueError as exc:  # no host, a port past 65535, a host IDNA cannot encode
         return ProbeResult(False, f"GET {shown}: not a URL to connect to ({exc})")
     return ProbeResult(status < 400, f"GET {shown}: HTTP {status}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -54,6 +55,23 @@ class ResourceLimits(_Frozen):
     """cgroup ``cpu.max`` only; a warning where unavailable. 100 = one core."""
     core_dump: bool = False
     """``True``: ``RLIMIT_CORE`` unlimited, so a crash may leave a core file."""
+
+
+def url_without_password(url: str) -> str:
+    """A probe URL as an answer or a message may show it: its password as ``***``; in a URL
+    that does not parse (an unclosed ``[``), the whole user part."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        scheme, _, rest = url.partition("://")
+        authority, slash, path = rest.partition("/")
+        _, at, host = authority.rpartition("@")
+        return f"{scheme}://{'***@' if at else ''}{host}{slash}{path}"
+    if password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 class Probe(_Frozen):

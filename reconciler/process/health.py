@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ from reconciler import __version__
 from reconciler.process.driver import ProbeResult
 from reconciler.process.exits import ExitWatcher
 from reconciler.spec.models import Probe, url_without_password
+
+log = logging.getLogger("reconciler.process")
 
 
 def _os_reason(exc: OSError) -> str:
@@ -75,6 +78,8 @@ async def _exec_probe(
         )
     except OSError as exc:
         return ProbeResult(False, f"probe command {program} failed to start: {exc.strerror}")
+    except ValueError as exc:  # a NUL in an argument: no exec takes it
+        return ProbeResult(False, f"probe command {program} cannot be run: {exc}")
     watcher.watch(popen, exited.set_result)
     try:
         code = await asyncio.wait_for(asyncio.shield(exited), timeout_seconds)
@@ -240,12 +245,22 @@ async def _tcp_probe(address: str, *, timeout_seconds: float) -> ProbeResult:
 async def run_probe(
     check: Probe, *, env: Mapping[str, str], cwd: str | None, watcher: ExitWatcher
 ) -> ProbeResult:
-    """Run ``check`` once and say whether it passed, and why."""
-    if check.exec is not None:
-        return await _exec_probe(
-            check.exec, timeout_seconds=check.timeout_seconds, env=env, cwd=cwd, watcher=watcher
+    """Run ``check`` once and say whether it passed, and why.
+
+    Never raises but when cancelled: an exception would end the collector's probe loop
+    with nothing to show for it, so one no probe expects is a failed probe, logged.
+    """
+    try:
+        if check.exec is not None:
+            return await _exec_probe(
+                check.exec, timeout_seconds=check.timeout_seconds, env=env, cwd=cwd, watcher=watcher
+            )
+        if check.http is not None:
+            return await _http_probe(check.http, timeout_seconds=check.timeout_seconds)
+        assert check.tcp is not None  # the model guarantees exactly one probe
+        return await _tcp_probe(check.tcp, timeout_seconds=check.timeout_seconds)
+    except Exception as exc:
+        log.exception("a probe failed unexpectedly")
+        return ProbeResult(
+            False, f"probe failed ({type(exc).__name__}); the reconciler's log has the details"
         )
-    if check.http is not None:
-        return await _http_probe(check.http, timeout_seconds=check.timeout_seconds)
-    assert check.tcp is not None  # the model guarantees exactly one probe
-    return await _tcp_probe(check.tcp, timeout_seconds=check.timeout_seconds)

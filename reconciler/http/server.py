@@ -271,21 +271,26 @@ class _Exchange:
     async def _send(self, event: h11.Request, response: Response) -> bool:
         """Send ``response``; False when the connection is to be closed afterwards."""
         keep = await self._drain()
+        await self._transmit(response, body=event.method != b"HEAD", close=not keep)
+        return keep
+
+    async def _transmit(self, response: Response, *, body: bool, close: bool) -> None:
+        """Write ``response`` (its body unless answering HEAD); with ``close``, say so and
+        linger until the client has read it."""
         headers = [(b"server", _SERVER), (b"content-length", b"%d" % len(response.body))]
         headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
-        if not keep:
+        if close:
             headers.append((b"connection", b"close"))
         reason = REASONS.get(response.status, "").encode()
         data = self.conn.send(
             h11.Response(status_code=response.status, headers=headers, reason=reason)
         )
-        if event.method != b"HEAD" and response.body:
+        if body and response.body:
             data += self.conn.send(h11.Data(data=response.body))
         data += self.conn.send(h11.EndOfMessage())
         await self._write(data)
-        if not keep:
+        if close:
             await self._linger()
-        return keep
 
     async def _drain(self) -> bool:
         """Read what is left of a body the handler did not read, if it is small; whether
@@ -312,17 +317,7 @@ class _Exchange:
         self.server.log.warning("%s: refused a %s", self.server.label, message)
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        response = self.server.refusal(status, message)
-        headers = [(b"server", _SERVER), (b"content-length", b"%d" % len(response.body))]
-        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
-        headers.append((b"connection", b"close"))
-        data = self.conn.send(
-            h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, ""))
-        )
-        data += self.conn.send(h11.Data(data=response.body))
-        data += self.conn.send(h11.EndOfMessage())
-        await self._write(data)
-        await self._linger()
+        await self._transmit(self.server.refusal(status, message), body=True, close=True)
 
     async def _write(self, data: bytes) -> None:
         self.writer.write(data)

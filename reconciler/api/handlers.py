@@ -14,7 +14,7 @@ from reconciler import __version__
 from reconciler.api.constants import MAX_PLAN_FILES, RECHECK_SECONDS
 from reconciler.api.openapi import document
 from reconciler.api.peers import peer_of
-from reconciler.api.views import event_to_json, http_error_body, view_to_json
+from reconciler.api.views import event_to_json, view_to_json
 from reconciler.errors import (
     InvalidSpec,
     InvalidState,
@@ -35,10 +35,12 @@ log = logging.getLogger("reconciler.api")
 
 
 async def answer(api: ApiServer, request: Request, router: Router) -> Response:
-    """Admit (``Admission``), route, and make every failure the JSON error body of DESIGN §5."""
+    """Admit (``Admission``), route, and make every failure the JSON error body of DESIGN §5:
+    a ``ReconcilerError`` its own, a bug INTERNAL; an ``HttpError`` (403, 404, 405, 400, 413)
+    is left to the server, whose ``refusal`` answers it (``ApiServer``'s ``_refusal``)."""
     refusal = api.admission.refusal(peer_of(request.peer))
     if refusal is not None:
-        return json_response(http_error_body(403, refusal), status=403)
+        raise HttpError(403, refusal)
     try:
         handler = router.resolve(request)
         return await handler(request)
@@ -47,10 +49,8 @@ async def answer(api: ApiServer, request: Request, router: Router) -> Response:
         if isinstance(exc, InvalidSpec):
             body["error"]["problems"] = exc.problems
         return json_response(body, status=exc.http_status)
-    except HttpError as exc:
-        return json_response(
-            http_error_body(exc.status, exc.message), status=exc.status, headers=exc.headers
-        )
+    except HttpError:
+        raise  # answered by the server's refusal: the same JSON body
     except Exception as exc:
         log.exception("control API: %s %s failed", request.method, request.path)
         # The exception's text stays in the log: it could quote anything, secrets included.

@@ -23,9 +23,7 @@ Used by ``ReconcilerCollector``, in the event-loop thread.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
-
-from prometheus_client.samples import Sample
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from reconciler.metrics.families import (
     APPLIED_SPEC,
@@ -45,9 +43,13 @@ from reconciler.metrics.families import (
     WrittenFamily,
     escape_label_value,
     one_hot_lines,
+    sample_type,
     value_text,
 )
 from reconciler.state import CollectorState, DesiredState, HealthStatus
+
+if TYPE_CHECKING:
+    from prometheus_client.samples import Sample
 
 
 class Static(NamedTuple):
@@ -254,20 +256,21 @@ def _sampler(
             else [getattr(key, field) for key in keys]
         )
         result: list[Sample] = []
+        sample = sample_type()
         for key, value in zip(keys, values, strict=True):
             ids = {"id": key.collector_id, "type": key.collector_type}
             if choices is not None:
                 choice_label = label_names[-1]
                 result.extend(
-                    Sample(name, {**ids, choice_label: choice}, int(choice == value))
+                    sample(name, {**ids, choice_label: choice}, int(choice == value))
                     for choice in choices
                 )
             elif value is None:
                 continue
             elif family is APPLIED_SPEC:
-                result.append(Sample(name, {**ids, "hash": value}, 1))
+                result.append(sample(name, {**ids, "hash": value}, 1))
             else:
-                result.append(Sample(name, ids, value))
+                result.append(sample(name, ids, value))
         return result
 
     return samples

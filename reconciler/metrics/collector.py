@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
-
 from reconciler import __version__
 from reconciler.loop import ExportedCollector, Reconciler
 from reconciler.metrics.blocks import CollectorBlocks, Static
@@ -22,6 +19,7 @@ from reconciler.metrics.families import (
     SPECS,
     STATE_FILE_ERRORS,
     SeriesFamily,
+    TextFamily,
 )
 from reconciler.metrics.samples import DurationHistogram, Monotonic, TreeCpu, TreeReader, _PidSample
 from reconciler.process import ManagerEvent
@@ -56,7 +54,7 @@ _VALUE: dict[CollectorState | DesiredState | HealthStatus, str] = {
 """An enum member's value; ``.value`` is a property lookup, 6 times as slow, 3000 times a scrape."""
 
 
-class ReconcilerCollector(Collector):
+class ReconcilerCollector:
     """The metric families of DESIGN §9, built from the reconciler at scrape time.
 
     Registers itself as a pass, action and manager-event listener of
@@ -65,6 +63,10 @@ class ReconcilerCollector(Collector):
     keeps each collector's counters and lines (``CollectorBlocks``), the
     spec families of the last spec snapshot, and the ``/proc`` and cgroup
     files it reads open (``TreeReader``; ``close()`` closes them).
+
+    It is a prometheus_client ``Collector`` by its shape (``collect()`` and
+    ``describe()``), so an embedder may register it in a ``CollectorRegistry``
+    of their own; it does not import prometheus_client.
     """
 
     def __init__(self, reconciler: Reconciler) -> None:
@@ -76,7 +78,7 @@ class ReconcilerCollector(Collector):
         self.blocks = CollectorBlocks()
         self.trees = TreeReader()
         self._spec_snapshot: SpecSnapshot | None = None
-        self._spec_families_of_snapshot: list[Metric] = []
+        self._spec_families_of_snapshot: list[TextFamily] = []
         reconciler.pass_listeners.append(self._durations.observe)
         reconciler.action_listeners.append(self._on_action)
         reconciler.manager.add_listener(self._on_manager_event)
@@ -98,12 +100,12 @@ class ReconcilerCollector(Collector):
         elif event.kind == "failed" and event.forced:
             self._actions["kill", "error"] += 1
 
-    def describe(self) -> list[Metric]:
+    def describe(self) -> list[TextFamily]:
         # Nothing to check for clashes in a registry of our own; and without
         # describe() a registry with auto_describe would scrape to find out.
         return []
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[TextFamily]:
         reconciler = self.reconciler
         # Read in one go, not lazily between families: in the loop thread and
         # with no await in between, the views, the spec snapshot and the
@@ -112,16 +114,14 @@ class ReconcilerCollector(Collector):
         views = reconciler.exported()
         trees = self.trees.read(reconciler.manager)
         self._add_collectors(views, trees)
-        families: list[Metric] = [*self.blocks.families()]
+        families: list[TextFamily] = [*self.blocks.families()]
         if snapshot is not self._spec_snapshot:
             # A snapshot is immutable: its families are those of the last scrape until it changes.
             self._spec_families_of_snapshot = list(self._spec_families(snapshot))
             self._spec_snapshot = snapshot
         families.extend(self._spec_families_of_snapshot)
         families.extend(self._rollout_families(views, held=reconciler.rollout_held))
-        families.append(
-            self._durations.family(RECONCILE_DURATION, "Duration of one pass of the loop.")
-        )
+        families.append(self._durations.family(RECONCILE_DURATION))
         actions = SeriesFamily(ACTIONS_TOTAL)
         for (action, result), count in self._actions.items():
             actions.add((action, result), count)
@@ -167,7 +167,7 @@ class ReconcilerCollector(Collector):
                 rss_bytes=rss_bytes,
             )
 
-    def _spec_families(self, snapshot: SpecSnapshot) -> Iterator[Metric]:
+    def _spec_families(self, snapshot: SpecSnapshot) -> Iterator[TextFamily]:
         valid, info, specs = SeriesFamily(SPEC_VALID), SeriesFamily(SPEC_INFO), SeriesFamily(SPECS)
         problems = snapshot.problems
         valid.add((DIRECTORY_KEY,), 0 if DIRECTORY_KEY in problems else 1)
@@ -185,7 +185,7 @@ class ReconcilerCollector(Collector):
 
     def _rollout_families(
         self, views: list[ExportedCollector], *, held: bool
-    ) -> Iterator[Metric]:
+    ) -> Iterator[TextFamily]:
         rejected, rollout_held = SeriesFamily(SPEC_REJECTED), SeriesFamily(ROLLOUT_HELD)
         for view in views:
             if view.rejected_hash is not None:

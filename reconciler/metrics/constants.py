@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-
-from prometheus_client.utils import floatToGoString
 
 ACTIONS = ("start", "stop", "restart", "pause", "resume", "kill")
 """``action`` label values of ``reconciler_actions_total`` (DESIGN §9)."""
@@ -15,8 +12,36 @@ DURATION_BUCKETS_SECONDS = (
 )  # fmt: skip
 """A pass plans and starts tasks without awaiting them: sub-millisecond to tens of ms."""
 SLOW_SCRAPE_SECONDS = 1.0
+CONTENT_TYPE = "text/plain; version=1.0.0; charset=utf-8"
+"""The ``Content-Type`` of ``/metrics``: prometheus_client's ``CONTENT_TYPE_LATEST`` (tested)."""
 
-go_float: Callable[[float], str] = floatToGoString
-"""How the text format writes a value (``floatToGoString`` has no annotations)."""
+
+def go_float(value: float) -> str:
+    """A value as the text format writes it: Go's ``strconv.FormatFloat(value, 'g', -1, 64)``,
+    as prometheus_client's ``floatToGoString`` writes it (tested against it).
+
+    Python's ``repr`` is the shortest text that reads back as the same float,
+    as Go's is; they differ in the names of the infinities and NaN, and in
+    that Go writes an exponent from 1e6 on (``1.5e+06``), where ``repr``
+    waits for 1e16.
+    """
+    value = float(value)
+    if value != value:
+        return "NaN"
+    if value == _INF:
+        return "+Inf"
+    if value == -_INF:
+        return "-Inf"
+    text = repr(value)
+    if value < _GO_EXPONENT_FROM or "e" in text:
+        return text
+    whole, _, fraction = text.partition(".")
+    digits = (whole + fraction).rstrip("0")
+    mantissa = f"{digits[0]}.{digits[1:]}" if len(digits) > 1 else digits
+    return f"{mantissa}e+{len(whole) - 1:02d}"
+
+
+_INF = float("inf")
+_GO_EXPONENT_FROM = 1e6
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")

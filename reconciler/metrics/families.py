@@ -1,19 +1,28 @@
 """The metric families of DESIGN §9 and the text they write (``SeriesFamily``,
-``OneHotFamily``, ``WrittenFamily``): the same bytes as ``generate_latest``, at a
-fraction of its cost.
+``OneHotFamily``, ``WrittenFamily``, ``HistogramFamily``): the same bytes as
+``generate_latest``, at a fraction of its cost; and the ``Registry`` that
+``MetricsServer`` serves.
+
+None of this imports prometheus_client: the package and the standard
+library it loads (``http.server``, ``urllib.request``, ``wsgiref``, ``email``)
+cost the daemon 4.2 MiB of its memory and ~40 ms of its start, for
+nothing it needs to write the text. A family still reads as a
+prometheus_client ``Metric`` (``name``, ``documentation``, ``type``,
+``unit``, ``samples``), so ``generate_latest`` and any registry of an
+embedder take it; prometheus_client is imported when something asks for
+``samples`` or a registry holds a family this module did not make.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import itemgetter
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.metrics.constants import go_float
+
+if TYPE_CHECKING:
+    from prometheus_client.samples import Sample
 
 # -- families -----------------------------------------------------------------------
 
@@ -172,7 +181,11 @@ BUILD_INFO = Family(
     documentation="Version of the reconciler.",
     labels=("version",),
 )
-RECONCILE_DURATION = "reconciler_reconcile_duration_seconds"
+RECONCILE_DURATION = Family(
+    "reconciler_reconcile_duration_seconds",
+    kind="histogram",
+    documentation="Duration of one pass of the loop.",
+)
 
 _SPECIAL = ("\\", "\n", '"')
 
@@ -223,19 +236,32 @@ def one_hot_lines(family: Family, choices: Sequence[str]) -> dict[str, Callable[
     return lines
 
 
-class TextFamily(Metric):
+def sample_type() -> type[Sample]:
+    """prometheus_client's ``Sample``, imported when something first asks for samples."""
+    from prometheus_client.samples import Sample
+
+    return Sample
+
+
+class TextFamily:
     """A family that writes its own text exposition (``text()``); ``encode`` uses it.
 
-    ``samples`` still gives prometheus_client's view of it (for
-    ``generate_latest`` and anything else reading a registry), built when
-    something asks for it.
+    It has what a prometheus_client ``Metric`` has for ``generate_latest``
+    and any registry reading it (``name``, ``documentation``, ``type``,
+    ``unit``, ``samples``); ``samples`` is built when something asks for it.
     """
 
     family: Family
+    unit = ""
 
     def __init__(self, family: Family) -> None:
-        super().__init__(family.metric_name, family.documentation, family.kind)
         self.family = family
+        self.name = family.metric_name
+        self.documentation = family.documentation
+        self.type = family.kind
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
 
     def text(self) -> str:
         """This family in the text exposition format."""
@@ -244,12 +270,6 @@ class TextFamily(Metric):
     @property
     def samples(self) -> list[Sample]:
         raise NotImplementedError
-
-    @samples.setter
-    def samples(self, value: list[Sample]) -> None:
-        # Metric.__init__ assigns an empty list; a TextFamily's samples are its rows.
-        if value:
-            raise AttributeError("a TextFamily's samples are made from its rows")
 
 
 class SeriesFamily(TextFamily):
@@ -274,15 +294,10 @@ class SeriesFamily(TextFamily):
 
     @property
     def samples(self) -> list[Sample]:
-        name, labels = self.family.sample_name, self.family.labels
+        name, labels, sample = self.family.sample_name, self.family.labels, sample_type()
         return [
-            Sample(name, dict(zip(labels, row, strict=True)), value) for row, value in self.rows
+            sample(name, dict(zip(labels, row, strict=True)), value) for row, value in self.rows
         ]
-
-    @samples.setter
-    def samples(self, value: list[Sample]) -> None:
-        if value:
-            raise AttributeError("a SeriesFamily's samples are its rows")
 
     def text(self) -> str:
         if self._text is None:
@@ -317,17 +332,12 @@ class OneHotFamily(SeriesFamily):
 
     @property
     def samples(self) -> list[Sample]:
-        name, names = self.family.sample_name, self.family.labels
+        name, names, sample = self.family.sample_name, self.family.labels, sample_type()
         return [
-            Sample(name, dict(zip(names, (*labels, choice), strict=True)), int(choice == current))
+            sample(name, dict(zip(names, (*labels, choice), strict=True)), int(choice == current))
             for labels, current in self.hot
             for choice in self.choices
         ]
-
-    @samples.setter
-    def samples(self, value: list[Sample]) -> None:
-        if value:
-            raise AttributeError("a OneHotFamily's samples are its rows")
 
     def _lines(self) -> list[str]:
         hot, blocks = self.hot, self._blocks
@@ -341,9 +351,7 @@ class WrittenFamily(TextFamily):
     """A family whose text is already written (``reconciler.metrics.blocks``), with a
     function that makes its samples when something asks for them."""
 
-    def __init__(
-        self, family: Family, *, text: str, samples: Callable[[], list[Sample]]
-    ) -> None:
+    def __init__(self, family: Family, *, text: str, samples: Callable[[], list[Sample]]) -> None:
         super().__init__(family)
         self._written = text
         self._make_samples = samples
@@ -352,39 +360,99 @@ class WrittenFamily(TextFamily):
     def samples(self) -> list[Sample]:
         return self._make_samples()
 
-    @samples.setter
-    def samples(self, value: list[Sample]) -> None:
-        if value:
-            raise AttributeError("a WrittenFamily's samples are made from its rows")
-
     def text(self) -> str:
         return self._written
 
 
-def texts(registry: CollectorRegistry) -> list[str]:
+class HistogramFamily(TextFamily):
+    """A histogram without labels: cumulative buckets, then ``_count`` and ``_sum``, as
+    ``generate_latest`` writes a prometheus_client ``HistogramMetricFamily``."""
+
+    def __init__(
+        self, family: Family, *, buckets: Sequence[tuple[float, float]], sum_value: float
+    ) -> None:
+        super().__init__(family)
+        self.buckets = tuple(buckets)
+        """(upper bound, cumulative count), the last bound +Inf."""
+        self.sum_value = sum_value
+
+    def _rows(self) -> Iterator[tuple[str, str | None, float]]:
+        """(sample name, its ``le`` label or None, value), in ``generate_latest``'s order."""
+        name = self.family.sample_name
+        for bound, count in self.buckets:
+            yield f"{name}_bucket", go_float(bound), count
+        yield f"{name}_count", None, self.buckets[-1][1]
+        yield f"{name}_sum", None, self.sum_value
+
+    @property
+    def samples(self) -> list[Sample]:
+        sample = sample_type()
+        return [
+            sample(name, {} if le is None else {"le": le}, value)
+            for name, le, value in self._rows()
+        ]
+
+    def text(self) -> str:
+        lines = [self.family.header]
+        for name, le, value in self._rows():
+            labels = "" if le is None else f'{{le="{le}"}}'
+            lines.append(f"{name}{labels} {go_float(value)}\n")
+        return "".join(lines)
+
+
+class Collects(Protocol):
+    """What a registry holds, and is: anything with ``collect()`` (a prometheus_client
+    ``Collector`` or ``CollectorRegistry`` too)."""
+
+    def collect(self) -> Iterable[Any]: ...
+
+
+class Registry:
+    """The collectors one ``/metrics`` serves, in the order they were registered.
+
+    ``MetricsServer`` serves one of these rather than a prometheus_client
+    ``CollectorRegistry``, so serving needs no prometheus_client; an
+    embedder's own ``Collector`` may be registered here all the same.
+    """
+
+    def __init__(self) -> None:
+        self._collectors: list[Collects] = []
+
+    def register(self, collector: Collects) -> None:
+        if any(kept is collector for kept in self._collectors):
+            raise ValueError(f"{collector!r} is registered already")
+        self._collectors.append(collector)
+
+    def unregister(self, collector: Collects) -> None:
+        self._collectors = [kept for kept in self._collectors if kept is not collector]
+
+    def collect(self) -> Iterator[Any]:
+        for collector in list(self._collectors):
+            yield from collector.collect()
+
+
+def texts(registry: Collects) -> list[str]:
     """The text exposition of ``registry``, one string per family.
 
     A ``TextFamily`` writes itself; anything else a registry may hold goes
-    through ``generate_latest``.
+    through ``generate_latest`` (and so imports prometheus_client).
     """
     return [
-        metric.text()
-        if isinstance(metric, TextFamily)
-        else generate_latest(_Families([metric])).decode()
+        metric.text() if isinstance(metric, TextFamily) else _generate_latest(metric)
         for metric in registry.collect()
     ]
 
 
-def encode(registry: CollectorRegistry) -> bytes:
+def encode(registry: Collects) -> bytes:
     """The text exposition of ``registry``: what ``generate_latest`` writes, faster."""
     return "".join(texts(registry)).encode()
 
 
-class _Families(Collector):
-    """Already collected families, for ``generate_latest``."""
+def _generate_latest(metric: Any) -> str:
+    from prometheus_client import generate_latest
 
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
+    class _One:
+        def collect(self) -> list[Any]:
+            return [metric]
 
-    def collect(self) -> Iterable[Metric]:
-        return self.families
+    return generate_latest(_One()).decode()

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from prometheus_client.core import HistogramMetricFamily
-
-from reconciler.metrics.constants import CLOCK_TICKS_PER_SECOND, PAGE_BYTES, go_float
+from reconciler.metrics.constants import CLOCK_TICKS_PER_SECOND, PAGE_BYTES
+from reconciler.metrics.families import Family, HistogramFamily
 from reconciler.process import CollectorProcessManager
 from reconciler.process.driver import Run
 
@@ -471,11 +470,9 @@ class DurationHistogram:
         self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
         self.sum_seconds += seconds
 
-    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+    def family(self, family: Family) -> HistogramFamily:
         cumulative, buckets = 0, []
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
             cumulative += count
-            buckets.append((go_float(bound), float(cumulative)))
-        return HistogramMetricFamily(
-            name, documentation, buckets=buckets, sum_value=self.sum_seconds
-        )
+            buckets.append((bound, float(cumulative)))
+        return HistogramFamily(family, buckets=buckets, sum_value=self.sum_seconds)

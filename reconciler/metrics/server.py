@@ -7,15 +7,13 @@ import gc
 import logging
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
-
 from reconciler.errors import InvalidSpec, Io
 from reconciler.http import HttpServer, Request, Response, Router, text_response
 from reconciler.loop import Reconciler
 from reconciler.metrics.collector import ReconcilerCollector
-from reconciler.metrics.constants import SLOW_SCRAPE_SECONDS
+from reconciler.metrics.constants import CONTENT_TYPE, SLOW_SCRAPE_SECONDS
 from reconciler.metrics.exposition import Exposition
-from reconciler.metrics.families import texts
+from reconciler.metrics.families import Registry, texts
 
 log = logging.getLogger("reconciler.metrics")
 
@@ -93,7 +91,7 @@ class MetricsServer:
         self.reconciler = reconciler
         self.address = address
         self.host, self.port = parse_address(address)
-        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry = Registry()
         self.collector = ReconcilerCollector(reconciler)
         self.registry.register(self.collector)
         self.last_scrape_seconds = 0.0
@@ -147,7 +145,7 @@ class MetricsServer:
 
     async def _metrics(self, request: Request) -> Response:
         gzip = accepts_gzip(request.headers.get("accept-encoding", ""))
-        headers = {"Content-Type": CONTENT_TYPE_LATEST, "Vary": "Accept-Encoding"}
+        headers = {"Content-Type": CONTENT_TYPE, "Vary": "Accept-Encoding"}
         if gzip:
             # Prometheus asks for it. Compressed here, in the loop: only the
             # families whose text changed since the last scrape (``Exposition``).

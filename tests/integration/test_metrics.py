@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 import pytest
 import tomli_w
-from prometheus_client import generate_latest
-from prometheus_client.core import Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
@@ -382,6 +382,38 @@ async def test_served_bytes_are_what_generate_latest_writes(harness: Harness) ->
             for family in families
         )
         assert fast.encode() == generate_latest(Collected(families))
+
+
+async def test_an_embedders_registry_takes_the_collector_and_ours_takes_theirs(
+    harness: Harness,
+) -> None:
+    """The families are no prometheus_client objects, but read as ones: an embedder
+    registers ``ReconcilerCollector`` in a ``CollectorRegistry`` of their own, and a
+    ``Collector`` of theirs in the server's registry is written by ``generate_latest``."""
+    write(harness.specs / "a.toml", spec("/bin/sleep", "300"))
+    await harness.until(lambda s: s.value("reconciler_collector_up", id="a") == 1)
+    theirs = CollectorRegistry()
+    theirs.register(harness.server.collector)
+    parsed = {
+        family.name: family
+        for family in text_string_to_metric_families(generate_latest(theirs).decode())
+    }
+    up = [sample for sample in parsed["reconciler_collector_up"].samples]
+    assert [(sample.labels["id"], sample.value) for sample in up] == [("a", 1)]
+    durations = parsed["reconciler_reconcile_duration_seconds"]
+    assert durations.type == "histogram"
+    buckets = [s for s in durations.samples if s.name.endswith("_bucket")]
+    assert buckets[-1].labels == {"le": "+Inf"} and buckets[-1].value >= 1
+    assert parsed["reconciler_actions"].type == "counter"
+
+    class Extra(Collector):
+        def collect(self) -> list[Metric]:
+            return [GaugeMetricFamily("embedder_extra", "An embedder's own.", value=7)]
+
+    harness.server.registry.register(Extra())
+    scrape = await harness.scrape()
+    assert scrape.value("embedder_extra") == 7
+    assert scrape.value("reconciler_collector_up", id="a") == 1
 
 
 class Collected(Collector):

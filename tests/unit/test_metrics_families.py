@@ -16,7 +16,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
@@ -24,6 +26,7 @@ from prometheus_client.utils import floatToGoString
 
 from reconciler.metrics import TextFamily, accepts_gzip
 from reconciler.metrics.blocks import CollectorBlocks, Static
+from reconciler.metrics.constants import CONTENT_TYPE, go_float
 from reconciler.metrics.exposition import Exposition
 from reconciler.metrics.families import value_text
 from reconciler.metrics.samples import KeptFiles
@@ -83,7 +86,18 @@ def test_value_text_is_float_to_go_string() -> None:
     values += [rng.randrange(0, 2**34) for _ in range(200)]  # ints: RSS bytes, counts
     for value in values:
         assert value_text(value) == floatToGoString(value), value
+        assert go_float(value) == floatToGoString(value), value
     assert value_text(math.nan) == floatToGoString(math.nan) == "NaN"
+    assert go_float(math.nan) == "NaN"
+
+
+@given(st.floats(allow_nan=False) | st.integers(min_value=-(2**60), max_value=2**60))
+def test_go_float_is_float_to_go_string(value: float) -> None:
+    assert go_float(value) == floatToGoString(value)
+
+
+def test_the_content_type_is_prometheus_clients_latest() -> None:
+    assert CONTENT_TYPE == CONTENT_TYPE_LATEST
 
 
 def test_blocks_write_what_generate_latest_writes_scrape_after_scrape() -> None:

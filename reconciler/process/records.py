@@ -34,7 +34,7 @@ class Applied:
     process_hash: str
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class CollectorRecord:
     collector_id: str
     collector_type: str

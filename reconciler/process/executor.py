@@ -498,9 +498,9 @@ class Executor(ProbeLoops):
         run.stop_requested = True
         record.state = CollectorState.STOPPING
         record.changed()
-        record.escalate = asyncio.Event()
+        escalate = record.escalate = asyncio.Event()
         if not graceful:
-            record.escalate.set()
+            escalate.set()
         task = asyncio.ensure_future(
             self._terminate(record, run, timeout=timeout, was_paused=was_paused)
         )
@@ -524,16 +524,18 @@ class Executor(ProbeLoops):
     async def _terminate(
         self, record: CollectorRecord, run: Run, *, timeout: float | None, was_paused: bool
     ) -> int | None:
+        escalate = record.escalate
+        assert escalate is not None, "stop() makes it before it starts this task"
         config = record.config
         graceful_seconds = self._graceful_seconds(config, timeout)
         force_seconds = self._force_seconds(config)
-        if not record.escalate.is_set():
+        if not escalate.is_set():
             stop_signal = signal.Signals[config.stop_signal]
             self.driver.signal(run, stop_signal)
             if was_paused:
                 # A stopped process cannot act on the stop signal until continued.
                 self.driver.signal(run, signal.SIGCONT, whole_tree=True)
-            escalated = asyncio.ensure_future(record.escalate.wait())
+            escalated = asyncio.ensure_future(escalate.wait())
             either = asyncio.ensure_future(_first_of(run.exited, escalated))
             try:
                 await self.clock.wait(either, graceful_seconds)

@@ -191,7 +191,7 @@ class CollectorProcessManager:
         graceful stop is under way, it is escalated to that now.
         """
         record = self.executor.get(collector_id)
-        if not graceful and record.stop_task is not None:
+        if not graceful and record.stop_task is not None and record.escalate is not None:
             record.escalate.set()
         async with record.lock:
             record.desired = DesiredState.STOPPED

@@ -53,7 +53,9 @@ class CollectorRecord:
     gave_up: bool = False
     backoff_until: float | None = None
     stop_task: asyncio.Future[int | None] | None = None
-    escalate: asyncio.Event = field(default_factory=asyncio.Event)
+    escalate: asyncio.Event | None = None
+    """Set to SIGKILL at once the graceful stop under way; made by each stop (an
+    ``asyncio.Event`` is 0.7 KiB, and most records are never stopped)."""
     probe_task: asyncio.Task[None] | None = None
     probe_failures: int = 0
     probe_passed: bool | None = None

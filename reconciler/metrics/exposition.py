@@ -44,17 +44,15 @@ class _Part:
     def __init__(self, text: str) -> None:
         self.text = text
         self.size = len(text) if text.isascii() else len(text.encode())
-        self.deflated: bytes | None = None
+        self.deflated = b""
+        """Its text compressed (a sync-flushed deflate block, never empty); b"" until then."""
         self.crc_through: int | None = None
         """CRC-32 of the text of every part up to this one, when last computed."""
 
-    def deflate(self) -> bytes:
-        if self.deflated is None:
-            compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-            self.deflated = compressor.compress(self.text.encode()) + compressor.flush(
-                zlib.Z_SYNC_FLUSH
-            )
-        return self.deflated
+    def deflate(self, data: bytes) -> None:
+        """Compress ``data``, this part's text encoded."""
+        compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        self.deflated = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
 class Exposition:
@@ -90,16 +88,20 @@ class Exposition:
             # While every part so far has its CRC-through, so has this one, from the
             # same parts before it: a new part has none, and the parts after it
             # get theirs computed again, here, after it.
+            # A part not yet compressed has no CRC-through either: encoded once, for both.
             if cached and part.crc_through is not None:
                 crc = part.crc_through
             else:
                 cached = False
-                crc = part.crc_through = zlib.crc32(part.text.encode(), crc)
+                data = part.text.encode()
+                crc = part.crc_through = zlib.crc32(data, crc)
+                if not part.deflated:
+                    part.deflate(data)
             size += part.size
         return b"".join(
             [
                 _HEADER,
-                *[part.deflate() for part in parts],
+                *[part.deflated for part in parts],
                 _FINAL_BLOCK,
                 struct.pack("<II", crc, size & 0xFFFFFFFF),
             ]

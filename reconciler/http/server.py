@@ -214,10 +214,11 @@ class _Exchange:
         for raw_name, raw_value in event.headers:
             name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        method = event.method.decode("ascii")
         target = event.target.decode("ascii")  # h11 admits visible ASCII only
         path, query = split_target(target)
         return Request(
-            method=event.method.decode("ascii"),
+            method=method,
             target=target,
             path=path,
             query=query,
@@ -225,7 +226,7 @@ class _Exchange:
             content_length=self.announced,
             chunked=self.chunked,
             peer=self.peer,
-            _read=lambda: self._read_body(method=event.method.decode(), target=target),
+            _read=lambda: self._read_body(method=method, target=target),
         )
 
     async def _read_body(self, *, method: str, target: str) -> bytes:

@@ -33,7 +33,7 @@ def go_float(value: float) -> str:
     if value == -_INF:
         return "-Inf"
     text = repr(value)
-    if value < _GO_EXPONENT_FROM or "e" in text:
+    if value < GO_EXPONENT_FROM or "e" in text:
         return text
     whole, _, fraction = text.partition(".")
     digits = (whole + fraction).rstrip("0")
@@ -42,6 +42,7 @@ def go_float(value: float) -> str:
 
 
 _INF = float("inf")
-_GO_EXPONENT_FROM = 1e6
+GO_EXPONENT_FROM = 1e6
+"""Go writes a value this large or larger with an exponent."""
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
-from reconciler.metrics.constants import go_float
+from reconciler.metrics.constants import GO_EXPONENT_FROM, go_float
 
 if TYPE_CHECKING:
     from prometheus_client.samples import Sample
@@ -207,13 +207,12 @@ def value_text(value: float) -> str:
         return "1.0"
     if value == 0:
         return "0.0"
-    if _MINUS_INF < value < _GO_EXPONENT_FROM:
+    if _MINUS_INF < value < GO_EXPONENT_FROM:
         return repr(float(value))
     return go_float(value)
 
 
 _MINUS_INF = float("-inf")
-_GO_EXPONENT_FROM = 1e6
 
 
 def one_hot_lines(family: Family, choices: Sequence[str]) -> dict[str, Callable[..., str]]:

@@ -10,13 +10,17 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import shutil
+import ssl
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from reconciler import CollectorProcessManager, ProcessManagerConfig
 from reconciler.loop import Reconciler
@@ -108,8 +112,10 @@ def start_daemon(
     stderr_path: Path,
     metrics_address: str = "127.0.0.1:0",
     extra: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``reconciler run`` on its own spec dir, state dir and socket; stderr to a file."""
+    """``reconciler run`` on its own spec dir, state dir and socket; stderr to a file; ``env``
+    instead of this process's environment when given."""
     DAEMON_TREES.add(daemon_tree_name(state))
     with stderr_path.open("wb") as stderr:
         return subprocess.Popen(
@@ -129,6 +135,7 @@ def start_daemon(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            env=env,
         )
 
 
@@ -170,3 +177,38 @@ async def reconciling(reconciler: Reconciler) -> AsyncIterator[Reconciler]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await reconciler.manager.shutdown_all()
+
+
+def make_certificates(where: Path) -> Path:
+    """In ``where``: a CA (``ca.pem``) and a certificate it signed for 127.0.0.1 (``leaf.pem``,
+    ``leaf.key``). Skips the test where there is no ``openssl`` command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl to make a certificate with")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (where / "leaf.ext").write_text(
+        "subjectAltName = IP:127.0.0.1\n"
+        "basicConstraints = critical, CA:FALSE\n"
+        "keyUsage = critical, digitalSignature\n"
+        "extendedKeyUsage = serverAuth\n"
+        "subjectKeyIdentifier = hash\n"
+        "authorityKeyIdentifier = keyid\n"
+    )
+    ca = ["-subj", "/CN=reconciler test CA", "-addext", "basicConstraints=critical,CA:TRUE"]
+    ca_usage = ["-addext", "keyUsage=critical,keyCertSign,cRLSign"]
+    signed = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-extfile", "leaf.ext"]
+    commands = [
+        [openssl, "req", "-x509", *ec, *ca, *ca_usage, "-keyout", "ca.key", "-out", "ca.pem"],
+        [openssl, "req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=probe"],
+        [openssl, "x509", "-req", "-in", "leaf.csr", *signed, "-out", "leaf.pem", "-days", "2"],
+    ]
+    for command in commands:
+        subprocess.run(command, cwd=where, check=True, capture_output=True, timeout=30)
+    return where
+
+
+def tls_server_context(certificates: Path) -> ssl.SSLContext:
+    """A server's context with ``make_certificates``' leaf certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates / "leaf.pem", certificates / "leaf.key")
+    return context

@@ -267,8 +267,12 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     # Imported here: the daemon pulls in the whole runtime, which the quick
-    # client commands do not need.
-    from reconciler.daemon import RunOptions, run
+    # client commands do not need; and without OpenSSL, which it needs only for https
+    # probes (reconciler.imports).
+    from reconciler.imports import withheld
+
+    with withheld():
+        from reconciler.daemon import RunOptions, run
 
     return run(
         RunOptions(

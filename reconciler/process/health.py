@@ -16,9 +16,10 @@ import re
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
+import sys
 from collections.abc import Mapping
+from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import h11
@@ -98,21 +99,31 @@ async def _exec_probe(
     return ProbeResult(False, f"probe command exited with code {code}")
 
 
-_TLS: ssl.SSLContext | None = None
-"""One verifying client context, made at the first https probe (loading the CA store costs)."""
 _READ_BYTES = 16384
 _HANG_UP_SECONDS = 1.0
-"""How long a finished probe waits for its connection to close (a TLS close_notify) before
-dropping it: a server that streams on, or never answers the close, costs no more."""
+"""How long a finished probe waits for its connection to close before dropping it: a server
+that streams on, or never reads again, costs no more."""
 _TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
 """Kept as written in a request target; anything else (a space, non-ASCII) is %-encoded."""
 
 
-def _tls() -> ssl.SSLContext:
-    global _TLS
-    if _TLS is None:
-        _TLS = ssl.create_default_context()
-    return _TLS
+class _Stream(Protocol):
+    async def send(self, data: bytes) -> None: ...
+
+    async def receive(self) -> bytes: ...
+
+
+class _Plain:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def send(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def receive(self) -> bytes:
+        return await self._reader.read(_READ_BYTES)
 
 
 def _request(url: str) -> tuple[str, int, bool, h11.Request]:
@@ -155,24 +166,21 @@ async def _hang_up(writer: asyncio.StreamWriter) -> None:
         async with asyncio.timeout(_HANG_UP_SECONDS):
             await writer.wait_closed()
         closed = True
-    except (OSError, TimeoutError):  # ssl.SSLError is an OSError
+    except (OSError, TimeoutError):
         pass
     finally:  # also when cancelled meanwhile
         if not closed:
             writer.transport.abort()
 
 
-async def _status(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, get: h11.Request
-) -> int:
+async def _status(stream: _Stream, get: h11.Request) -> int:
     """Send ``get`` and read the answer's head, up to its status: never its body."""
     conn = h11.Connection(h11.CLIENT)
-    writer.write(conn.send(get) + conn.send(h11.EndOfMessage()))
-    await writer.drain()
+    await stream.send(conn.send(get) + conn.send(h11.EndOfMessage()))
     while True:
         event = conn.next_event()  # a head past 16 KiB is a RemoteProtocolError
         if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(_READ_BYTES))
+            conn.receive_data(await stream.receive())
         elif isinstance(event, h11.Response):
             return event.status_code
         elif isinstance(event, h11.ConnectionClosed):
@@ -184,24 +192,34 @@ async def _http_status(url: str, *, timeout_seconds: float) -> int:
     """The status of ``GET url``, no redirect followed, within ``timeout_seconds``.
 
     The time limit covers connecting (TLS included), sending and reading the head, not the
-    hang-up after it: a status read in time stands.
+    hang-up after it: a status read in time stands. An https URL loads ssl, the first time.
     """
     host, port, tls, get = _request(url)
     async with asyncio.timeout(timeout_seconds) as limit:
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=_tls() if tls else None, server_hostname=host if tls else None
-        )
+        reader, writer = await asyncio.open_connection(host, port)
+    secure = None
     try:
         async with asyncio.timeout_at(limit.when()):
-            return await _status(reader, writer, get)
+            if tls:
+                from reconciler.process.tls import Connection
+
+                secure = Connection(reader, writer, host)
+                await secure.handshake()
+            return await _status(secure or _Plain(reader, writer), get)
     finally:
+        if secure is not None:
+            secure.close_notify()
         await _hang_up(writer)
 
 
-def _tls_reason(exc: ssl.SSLError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"certificate verify failed: {exc.verify_message}"  # "self-signed certificate"
-    return str(exc.reason or exc.strerror or exc)  # "WRONG_VERSION_NUMBER"
+def _tls_failure(exc: OSError) -> str | None:
+    """TLS's reason, when ``exc`` is a TLS error: only an https probe, which loads ssl, raises
+    one."""
+    if "reconciler.process.tls" not in sys.modules:
+        return None
+    from reconciler.process.tls import failure
+
+    return failure(exc)
 
 
 async def _http_probe(url: str, *, timeout_seconds: float) -> ProbeResult:
@@ -219,9 +237,10 @@ async def _http_probe(url: str, *, timeout_seconds: float) -> ProbeResult:
         # h11 may quote the bytes it refused: its reason only.
         reason = str(exc).split(": bytearray(", 1)[0].split(": b'", 1)[0][:200]
         return ProbeResult(False, f"GET {shown}: not an HTTP answer ({reason})")
-    except ssl.SSLError as exc:
-        return ProbeResult(False, f"GET {shown}: TLS: {_tls_reason(exc)}")
     except OSError as exc:
+        said = _tls_failure(exc)
+        if said is not None:
+            return ProbeResult(False, f"GET {shown}: TLS: {said}")
         return ProbeResult(False, f"GET {shown}: {_os_reason(exc)}")
     except ValueError as exc:  # no host, a port past 65535, a host IDNA cannot encode
         return ProbeResult(False, f"GET {shown}: not a URL to connect to ({exc})")

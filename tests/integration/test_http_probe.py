@@ -10,10 +10,8 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import socket
 import ssl
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +22,7 @@ import pytest
 from reconciler import __version__
 from reconciler.process.driver import ProbeResult
 from reconciler.process.health import _http_probe, _os_reason
+from tests.support import make_certificates, tls_server_context
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -341,37 +340,7 @@ async def test_https_to_a_server_that_never_shakes_hands_times_out() -> None:
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA (``ca.pem``) and a certificate it signed for 127.0.0.1 (``leaf.pem``, ``leaf.key``)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("no openssl to make a certificate with")
-    where = tmp_path_factory.mktemp("tls")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    (where / "leaf.ext").write_text(
-        "subjectAltName = IP:127.0.0.1\n"
-        "basicConstraints = critical, CA:FALSE\n"
-        "keyUsage = critical, digitalSignature\n"
-        "extendedKeyUsage = serverAuth\n"
-        "subjectKeyIdentifier = hash\n"
-        "authorityKeyIdentifier = keyid\n"
-    )
-    ca = ["-subj", "/CN=reconciler test CA", "-addext", "basicConstraints=critical,CA:TRUE"]
-    ca_usage = ["-addext", "keyUsage=critical,keyCertSign,cRLSign"]
-    signed = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-extfile", "leaf.ext"]
-    commands = [
-        [openssl, "req", "-x509", *ec, *ca, *ca_usage, "-keyout", "ca.key", "-out", "ca.pem"],
-        [openssl, "req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=probe"],
-        [openssl, "x509", "-req", "-in", "leaf.csr", *signed, "-out", "leaf.pem", "-days", "2"],
-    ]
-    for command in commands:
-        subprocess.run(command, cwd=where, check=True, capture_output=True, timeout=30)
-    return where
-
-
-def tls_server_context(certificates: Path) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certificates / "leaf.pem", certificates / "leaf.key")
-    return context
+    return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 async def test_https_with_an_untrusted_certificate_fails_verification(certificates: Path) -> None:
@@ -388,16 +357,20 @@ _TRUSTING_PROBES = """
 import asyncio, json, sys, time
 from reconciler.process import health
 
+def context():
+    tls = sys.modules.get("reconciler.process.tls")
+    return None if tls is None else tls._CONTEXT
+
 async def main() -> None:
-    made_early = health._TLS is not None
+    made_early = context() is not None
     await health._http_probe(sys.argv[1], timeout_seconds=5)  # plain http: no TLS context yet
-    made_for_http = health._TLS is not None
+    made_for_http = context() is not None
     results, contexts = [], set()
     for url in sys.argv[2:]:
         started = time.monotonic()
         result = await health._http_probe(url, timeout_seconds=5)
         results.append([result.ok, result.detail, time.monotonic() - started])
-        contexts.add(id(health._TLS))
+        contexts.add(id(context()))
     print(json.dumps({"made_early": made_early, "made_for_http": made_for_http,
                       "contexts": len(contexts), "results": results,
                       "aiohttp": "aiohttp" in sys.modules}))
@@ -467,5 +440,5 @@ async def test_https_with_a_trusted_certificate(certificates: Path) -> None:
     assert not named[0] and "certificate verify failed" in named[1], named
     assert "Hostname mismatch" in named[1] or "localhost" in named[1], named
     assert streamed[0] and streamed[2] < 4, streamed  # the head read, the stream dropped
-    # asyncio would wait 30 s for the close_notify; the probe gives up after 1 s.
+    # The probe sends its close_notify and does not wait for the server's (asyncio would, 30 s).
     assert unanswered[0] and unanswered[2] < 4, unanswered

@@ -1,6 +1,7 @@
 """Where the daemon's import-time memory and start-up time go: RSS after each major import.
 
-Run: ``.venv/bin/python bench/import_cost.py [--repeat 3]``. Three tables:
+Run: ``.venv/bin/python bench/import_cost.py [--repeat 3]``. Four tables, all but the third
+importing as ``reconciler run`` does, with ssl and _hashlib withheld (``reconciler.imports``):
 
 1. one fresh interpreter importing asyncio, psutil, pydantic, inotify_simple,
    h11 (the HTTP parser of both listeners), then the reconciler's own modules (whose own
@@ -8,7 +9,8 @@ Run: ``.venv/bin/python bench/import_cost.py [--repeat 3]``. Three tables:
    loaded after each, and what that step added (a step's cost excludes what earlier steps loaded);
 2. the floor: the same for the declared dependencies alone (asyncio, psutil, pydantic and the
    spec models, with no HTTP server, metrics or process code);
-3. each module alone in a fresh interpreter: what it costs by itself (its share of a shared
+3. OpenSSL's share (``ssl``, ``_hashlib``), which ``reconciler run`` does not load;
+4. each module alone in a fresh interpreter: what it costs by itself (its share of a shared
    dependency included, so these do not add up).
 
 Memory is read from ``/proc/self/status`` (VmRSS) and ``/proc/self/smaps_rollup`` (private
@@ -41,15 +43,18 @@ STEPS = (
     "reconciler.cli",
 )
 
-FLOOR_STEPS = ("ssl", "asyncio", "psutil", "pydantic.main", "importlib.metadata", "reconciler.spec")
+FLOOR_STEPS = ("asyncio", "psutil", "pydantic.main", "importlib.metadata", "reconciler.spec")
 """What the declared dependencies cost with no HTTP server, metrics or process code: the
 interpreter, asyncio, psutil, pydantic and the spec models. Any daemon built on them holds
-at least this much before it does anything. ``ssl`` comes first to show its share: asyncio
-imports it whether or not anything uses TLS. ``importlib.metadata`` next to last: pydantic
+at least this much before it does anything. ``importlib.metadata`` next to last: pydantic
 imports it (to look for plugins) when it builds the first model."""
 
+OPENSSL_STEPS = ("ssl", "_hashlib")
+"""OpenSSL's share, which ``reconciler run`` withholds: ``ssl`` (asyncio imports it) and
+``_hashlib`` (hashlib and hmac import it; pydantic imports hmac)."""
+
 PROBE = r"""
-import json, sys, time, importlib
+import contextlib, json, sys, time, importlib
 
 def memory():
     rss = uss = 0
@@ -61,24 +66,33 @@ def memory():
             uss += int(line.split()[1])
     return rss / 1024, uss / 1024
 
+names = sys.argv[1:]
+withhold = names[:1] == ["--withheld"]
+if withhold:  # as ``reconciler run`` imports the daemon: without ssl and _hashlib
+    from reconciler.imports import withheld
+    names = names[1:]
 steps = []
 rss, uss = memory()
 steps.append({"module": "(interpreter)", "rss": rss, "uss": uss, "seconds": 0.0,
               "modules": len(sys.modules)})
-for name in sys.argv[1:]:
-    started = time.perf_counter()
-    importlib.import_module(name)
-    seconds = time.perf_counter() - started
-    rss, uss = memory()
-    steps.append({"module": name, "rss": rss, "uss": uss, "seconds": seconds,
-                  "modules": len(sys.modules)})
+with withheld() if withhold else contextlib.nullcontext():
+    for name in names:
+        started = time.perf_counter()
+        importlib.import_module(name)
+        seconds = time.perf_counter() - started
+        rss, uss = memory()
+        steps.append({"module": name, "rss": rss, "uss": uss, "seconds": seconds,
+                      "modules": len(sys.modules)})
 print(json.dumps(steps))
 """
 
 
-def probe(modules: tuple[str, ...]) -> list[dict[str, float | str]]:
+def probe(modules: tuple[str, ...], *, withheld: bool = True) -> list[dict[str, float | str]]:
+    """The steps of importing ``modules`` in a fresh interpreter; by default as ``reconciler
+    run`` imports, with ssl and _hashlib withheld (``reconciler.imports``)."""
+    flag = ["--withheld"] if withheld else []
     result = subprocess.run(
-        [sys.executable, "-X", "frozen_modules=on", "-c", PROBE, *modules],
+        [sys.executable, "-X", "frozen_modules=on", "-c", PROBE, *flag, *modules],
         capture_output=True, text=True, check=True, timeout=120,
     )
     return json.loads(result.stdout)
@@ -95,8 +109,10 @@ def medians(runs: list[list[dict]]) -> list[dict]:
     return merged
 
 
-def chain_table(title: str, modules: tuple[str, ...], repeat: int) -> None:
-    steps = medians([probe(modules) for _ in range(repeat)])
+def chain_table(
+    title: str, modules: tuple[str, ...], repeat: int, *, withheld: bool = True
+) -> None:
+    steps = medians([probe(modules, withheld=withheld) for _ in range(repeat)])
     print(f"{title}\n")
     print("| after importing | RSS, MiB | +RSS | USS, MiB | +USS | import, ms | modules |")
     print("|---|---|---|---|---|---|---|")
@@ -119,6 +135,10 @@ def main() -> None:
     print()
     chain_table("The floor of the declared dependencies (no HTTP server, metrics or "
                 "process code):", FLOOR_STEPS, args.repeat)
+    print()
+    chain_table("What `reconciler run` does not load (OpenSSL, through these two; any other "
+                "import of asyncio, hashlib or pydantic loads it):", OPENSSL_STEPS,
+                args.repeat, withheld=False)
 
     print("\nEach alone, in a fresh interpreter:\n")
     print("| module | +RSS, MiB | +USS, MiB | import, ms | modules added |")

@@ -1,7 +1,8 @@
 """Where the daemon's import-time memory and start-up time go: RSS after each major import.
 
 Run: ``.venv/bin/python bench/import_cost.py [--repeat 3]``. Four tables, all but the third
-importing as ``reconciler run`` does, with ssl and _hashlib withheld (``reconciler.imports``):
+importing as ``reconciler run`` does: ssl and _hashlib withheld, importlib.metadata deferred and
+pydantic's plugins off (``reconciler.imports.for_the_daemon``):
 
 1. one fresh interpreter importing asyncio, psutil, pydantic, inotify_simple,
    h11 (the HTTP parser of both listeners), then the reconciler's own modules (whose own
@@ -9,7 +10,8 @@ importing as ``reconciler run`` does, with ssl and _hashlib withheld (``reconcil
    loaded after each, and what that step added (a step's cost excludes what earlier steps loaded);
 2. the floor: the same for the declared dependencies alone (asyncio, psutil, pydantic and the
    spec models, with no HTTP server, metrics or process code);
-3. OpenSSL's share (``ssl``, ``_hashlib``), which ``reconciler run`` does not load;
+3. what ``reconciler run`` does not load: OpenSSL (``ssl``, ``_hashlib``) and
+   ``importlib.metadata``;
 4. each module alone in a fresh interpreter: what it costs by itself (its share of a shared
    dependency included, so these do not add up).
 
@@ -43,15 +45,15 @@ STEPS = (
     "reconciler.cli",
 )
 
-FLOOR_STEPS = ("asyncio", "psutil", "pydantic.main", "importlib.metadata", "reconciler.spec")
+FLOOR_STEPS = ("asyncio", "psutil", "pydantic.main", "reconciler.spec")
 """What the declared dependencies cost with no HTTP server, metrics or process code: the
 interpreter, asyncio, psutil, pydantic and the spec models. Any daemon built on them holds
-at least this much before it does anything. ``importlib.metadata`` next to last: pydantic
-imports it (to look for plugins) when it builds the first model."""
+at least this much before it does anything."""
 
-OPENSSL_STEPS = ("ssl", "_hashlib")
-"""OpenSSL's share, which ``reconciler run`` withholds: ``ssl`` (asyncio imports it) and
-``_hashlib`` (hashlib and hmac import it; pydantic imports hmac)."""
+UNLOADED_STEPS = ("ssl", "_hashlib", "importlib.metadata")
+"""What ``reconciler run`` does not load: OpenSSL, through ``ssl`` (asyncio imports it) and
+``_hashlib`` (hashlib and hmac import it; pydantic imports hmac), and ``importlib.metadata``
+(pydantic imports it to look for plugins when it builds its first model)."""
 
 PROBE = r"""
 import contextlib, json, sys, time, importlib
@@ -67,15 +69,15 @@ def memory():
     return rss / 1024, uss / 1024
 
 names = sys.argv[1:]
-withhold = names[:1] == ["--withheld"]
-if withhold:  # as ``reconciler run`` imports the daemon: without ssl and _hashlib
-    from reconciler.imports import withheld
+as_run = names[:1] == ["--as-run"]
+if as_run:  # as ``reconciler run`` imports the daemon
+    from reconciler.imports import for_the_daemon
     names = names[1:]
 steps = []
 rss, uss = memory()
 steps.append({"module": "(interpreter)", "rss": rss, "uss": uss, "seconds": 0.0,
               "modules": len(sys.modules)})
-with withheld() if withhold else contextlib.nullcontext():
+with for_the_daemon() if as_run else contextlib.nullcontext():
     for name in names:
         started = time.perf_counter()
         importlib.import_module(name)
@@ -87,10 +89,10 @@ print(json.dumps(steps))
 """
 
 
-def probe(modules: tuple[str, ...], *, withheld: bool = True) -> list[dict[str, float | str]]:
+def probe(modules: tuple[str, ...], *, as_run: bool = True) -> list[dict[str, float | str]]:
     """The steps of importing ``modules`` in a fresh interpreter; by default as ``reconciler
-    run`` imports, with ssl and _hashlib withheld (``reconciler.imports``)."""
-    flag = ["--withheld"] if withheld else []
+    run`` imports (``reconciler.imports.for_the_daemon``)."""
+    flag = ["--as-run"] if as_run else []
     result = subprocess.run(
         [sys.executable, "-X", "frozen_modules=on", "-c", PROBE, *flag, *modules],
         capture_output=True, text=True, check=True, timeout=120,
@@ -110,9 +112,9 @@ def medians(runs: list[list[dict]]) -> list[dict]:
 
 
 def chain_table(
-    title: str, modules: tuple[str, ...], repeat: int, *, withheld: bool = True
+    title: str, modules: tuple[str, ...], repeat: int, *, as_run: bool = True
 ) -> None:
-    steps = medians([probe(modules, withheld=withheld) for _ in range(repeat)])
+    steps = medians([probe(modules, as_run=as_run) for _ in range(repeat)])
     print(f"{title}\n")
     print("| after importing | RSS, MiB | +RSS | USS, MiB | +USS | import, ms | modules |")
     print("|---|---|---|---|---|---|---|")
@@ -136,9 +138,9 @@ def main() -> None:
     chain_table("The floor of the declared dependencies (no HTTP server, metrics or "
                 "process code):", FLOOR_STEPS, args.repeat)
     print()
-    chain_table("What `reconciler run` does not load (OpenSSL, through these two; any other "
-                "import of asyncio, hashlib or pydantic loads it):", OPENSSL_STEPS,
-                args.repeat, withheld=False)
+    chain_table("What `reconciler run` does not load (OpenSSL, through the first two; any "
+                "other import of asyncio, hashlib or pydantic loads them):", UNLOADED_STEPS,
+                args.repeat, as_run=False)
 
     print("\nEach alone, in a fresh interpreter:\n")
     print("| module | +RSS, MiB | +USS, MiB | import, ms | modules added |")

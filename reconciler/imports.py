@@ -1,4 +1,4 @@
-"""What ``reconciler run`` imports the daemon without: OpenSSL, through ``ssl`` and ``_hashlib``.
+"""What ``reconciler run`` imports the daemon without: OpenSSL, and ``importlib.metadata``.
 
 Two standard modules load OpenSSL (libssl and libcrypto) at import, for nothing the daemon
 does unless an https probe runs. They are 6.7 MiB of a daemon's 42 MiB with 200 collectors
@@ -10,17 +10,29 @@ does unless an https probe runs. They are 6.7 MiB of a daemon's 42 MiB with 200 
   use when they can. Without it they fall back to the interpreter's own SHA-256, the same digest,
   for the spec and state hashes the daemon makes.
 
+A third module is put off rather than withheld (:func:`deferred`): ``importlib.metadata``, which
+pydantic imports to look up its plugins, 1.3 MiB with the zipfile, email and csv modules it
+loads. Pydantic's plugins are off in the daemon (``PYDANTIC_DISABLE_PLUGINS``, unless its
+environment sets it), so nothing calls it.
+
 Only the daemon's own process does this, from its command line, before anything imports
-asyncio. Embedders importing ``reconciler.daemon`` are untouched.
+asyncio (:func:`for_the_daemon`). Embedders importing ``reconciler.daemon`` are untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
+import os
 import sys
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 WITHHELD = ("ssl", "_hashlib")
+DEFERRED: Mapping[str, tuple[str, ...]] = {"importlib.metadata": ("entry_points",)}
+"""Modules put off, each with the functions other modules import from it by name."""
 
 
 @contextlib.contextmanager
@@ -39,3 +51,76 @@ def withheld(names: tuple[str, ...] = WITHHELD) -> Iterator[None]:
         for name in hidden:
             if name in sys.modules and sys.modules[name] is None:
                 del sys.modules[name]
+
+
+class _StandIn(types.ModuleType):
+    """In ``sys.modules`` for a module not loaded yet; the first use of it loads the module."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("__"):
+            # What walks sys.modules (inspect.getmodule reads each __file__) is no use of it.
+            raise AttributeError(attribute)
+        return getattr(_loaded(self.__name__), attribute)
+
+
+def _loaded(name: str) -> types.ModuleType:
+    """The real module ``name``, imported now if only its stand-in is there."""
+    if isinstance(sys.modules.get(name), _StandIn):
+        del sys.modules[name]
+    return importlib.import_module(name)
+
+
+def _forwarder(name: str, function: str) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(_loaded(name), function)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = function
+    return call
+
+
+@contextlib.contextmanager
+def deferred(modules: Mapping[str, tuple[str, ...]] = DEFERRED) -> Iterator[None]:
+    """While inside, ``import`` of each module named here not yet loaded gives a stand-in.
+
+    Using the stand-in loads the real module: reading any attribute, or calling one of the
+    functions named here, which ``from module import function`` hands out without loading
+    it. On leaving, a stand-in nothing used is taken out of ``sys.modules`` (the functions
+    handed out keep working, loading the module when called).
+    """
+    standing: list[tuple[str, _StandIn, types.ModuleType | None]] = []
+    for name, functions in modules.items():
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            continue
+        stand_in = _StandIn(name)
+        if spec.submodule_search_locations is not None:
+            # A package: ``from package import name`` looks for a submodule through it.
+            stand_in.__path__ = list(spec.submodule_search_locations)
+        for function in functions:
+            setattr(stand_in, function, _forwarder(name, function))
+        package, _, leaf = name.rpartition(".")
+        parent = sys.modules.get(package) if package else None
+        sys.modules[name] = stand_in
+        if parent is not None and not hasattr(parent, leaf):
+            setattr(parent, leaf, stand_in)
+        standing.append((name, stand_in, parent))
+    try:
+        yield
+    finally:
+        for name, stand_in, parent in standing:
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+            leaf = name.rpartition(".")[2]
+            if parent is not None and getattr(parent, leaf, None) is stand_in:
+                delattr(parent, leaf)
+
+
+@contextlib.contextmanager
+def for_the_daemon() -> Iterator[None]:
+    """How ``reconciler run`` imports the daemon: OpenSSL withheld, ``importlib.metadata``
+    deferred, pydantic's plugins off (unless the environment says otherwise)."""
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    with withheld(), deferred():
+        yield

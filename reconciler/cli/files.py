@@ -268,10 +268,10 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     # Imported here: the daemon pulls in the whole runtime, which the quick
     # client commands do not need; and without OpenSSL, which it needs only for https
-    # probes (reconciler.imports).
-    from reconciler.imports import withheld
+    # probes, or importlib.metadata (reconciler.imports).
+    from reconciler.imports import for_the_daemon
 
-    with withheld():
+    with for_the_daemon():
         from reconciler.daemon import RunOptions, run
 
     return run(

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.process.spawn import JOIN_CGROUP
 from tests.e2e.test_run import Daemon
 from tests.support import MARK_ENV, RECONCILER, wait_for
 
@@ -115,15 +116,20 @@ class Rollouts(Daemon):
         return times
 
     def ids_alive(self) -> dict[str, int]:
-        """Collector id -> pid of each marked collector process, from /proc."""
+        """Collector id -> pid of each marked collector process, from /proc.
+
+        A process still in its set-up step (the shell joining a control group,
+        before it execs the collector) is not counted yet: it carries the
+        collector's environment but not its command line."""
         found = {}
         for pid in self.collectors():
             try:
                 environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+                argv = self.cmdline(pid)
             except OSError:
                 continue
-            if state in (b"Z", b"X"):
+            if state in (b"Z", b"X") or argv[1:3] == ["-c", JOIN_CGROUP]:
                 continue
             for item in environ:
                 if item.startswith(b"ID="):
@@ -135,6 +141,14 @@ class Rollouts(Daemon):
 
     def cmdline(self, pid: int) -> list[str]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+    def running_as(self, cid: str, mode: str) -> int | None:
+        """The pid of collector ``cid`` once it runs the collector in ``mode``, else None."""
+        pid = self.ids_alive().get(cid)
+        try:
+            return pid if pid and self.cmdline(pid)[2:3] == [mode] else None
+        except OSError:
+            return None
 
 
 def restarted(daemon: Rollouts, tmp_path: Path, config: str) -> None:
@@ -176,8 +190,7 @@ def test_a_bad_args_change_is_rolled_back_and_the_good_one_after_it_rolls_out(
             timeout=30, message="the bad content rejected",
         )  # fmt: skip
         # The last ready spec runs again, and is ready.
-        pid = wait_for(lambda: daemon.ids_alive().get("web"), message="web running")
-        assert daemon.cmdline(pid)[2] == "good"
+        pid = wait_for(lambda: daemon.running_as("web", "good"), message="web running good")
         wait_for(lambda: daemon.view("web")["ready"], message="ready again")
         view = daemon.view("web")
         assert view["spec_hash"] == bad_hash and view["applied_spec_hash"] != bad_hash

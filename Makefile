@@ -44,10 +44,12 @@ soak: venv
 compare: venv
 	$(BIN)/python bench/compare_bench.py
 
-# The reconciler alone at 100 to 2,000 collectors (bench/compare/SCALING.md), and its import costs.
+# The reconciler alone at 100 to 2,000 collectors (bench/compare/SCALING.md), its import costs,
+# and what one more collector costs in memory.
 scaling: venv
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/import_cost.py
+	$(BIN)/python bench/collector_memory.py
 
 # Three reconcilers and one Prometheus on this machine: a spec rollout that one
 # host does not apply is named by the rollout rules and dashboard query, alerted, then resolved (~15 s).

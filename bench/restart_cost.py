@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from compare.procstat import sample
+
 VARIANTS = (
     ("as shipped", ""),
     ("no crash records", "crashes"),
@@ -65,16 +67,6 @@ sys.exit(main(["run", "--config", f"{work}/reconciler.toml", "--specs", f"{work}
 """
 
 
-def cpu_ns(pid: int) -> int:
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that ended meanwhile
-    return total
-
-
 def restarts(log: Path) -> int:
     return sum(1 for line in log.read_text().splitlines() if ": pid " in line)
 
@@ -99,9 +91,9 @@ def measure(without: str, *, collectors: int, seconds: float) -> float:
             time.sleep(WARM_UP_SECONDS)  # a fixed window, not a synchronisation
             if child.poll() is not None:
                 raise SystemExit(f"the daemon exited: {log.read_text()[-2000:]}")
-            cpu_before, restarts_before = cpu_ns(child.pid), restarts(log)
+            before, restarts_before = sample(child.pid), restarts(log)
             time.sleep(seconds)
-            cpu_after, restarts_after = cpu_ns(child.pid), restarts(log)
+            after, restarts_after = sample(child.pid), restarts(log)
         finally:
             child.send_signal(signal.SIGTERM)  # the daemon stops its collectors
             try:
@@ -112,7 +104,7 @@ def measure(without: str, *, collectors: int, seconds: float) -> float:
     count = restarts_after - restarts_before
     if count <= 0:
         raise SystemExit(f"no restarts in {seconds} s ({without or 'as shipped'})")
-    return (cpu_after - cpu_before) / 1e6 / count
+    return (after.run_ns - before.run_ns) / 1e6 / count
 
 
 def main() -> int:

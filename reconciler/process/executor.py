@@ -80,7 +80,7 @@ class Executor(ProbeLoops):
         self.driver = driver
         self.clock = driver.clock
         self.config = config
-        self.configure = configure or (lambda _id, spec: spec.collector_config())
+        self.configure = configure or (lambda _id, spec: spec)  # a spec is a CollectorConfig
         """Spec -> the config a process is started with (the loop resolves relative paths)."""
         self.records: dict[str, CollectorRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}

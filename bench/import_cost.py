@@ -1,8 +1,8 @@
 """Where the daemon's import-time memory and start-up time go: RSS after each major import.
 
 Run: ``.venv/bin/python bench/import_cost.py [--repeat 3]``. Four tables, all but the third
-importing as ``reconciler run`` does: ssl and _hashlib withheld, importlib.metadata deferred and
-pydantic's plugins off (``reconciler.imports.for_the_daemon``):
+importing as ``reconciler run`` does: ssl, _hashlib, bz2 and lzma withheld, importlib.metadata
+deferred and pydantic's plugins off (``reconciler.imports.for_the_daemon``):
 
 1. one fresh interpreter importing asyncio, psutil, pydantic, inotify_simple,
    h11 (the HTTP parser of both listeners), then the reconciler's own modules (whose own
@@ -10,8 +10,8 @@ pydantic's plugins off (``reconciler.imports.for_the_daemon``):
    loaded after each, and what that step added (a step's cost excludes what earlier steps loaded);
 2. the floor: the same for the declared dependencies alone (asyncio, psutil, pydantic and the
    spec models, with no HTTP server, metrics or process code);
-3. what ``reconciler run`` does not load: OpenSSL (``ssl``, ``_hashlib``) and
-   ``importlib.metadata``;
+3. what ``reconciler run`` does not load: OpenSSL (``ssl``, ``_hashlib``), shutil's archive
+   codecs (``bz2``, ``lzma``) and ``importlib.metadata``;
 4. each module alone in a fresh interpreter: what it costs by itself (its share of a shared
    dependency included, so these do not add up).
 
@@ -50,9 +50,10 @@ FLOOR_STEPS = ("asyncio", "psutil", "pydantic.main", "reconciler.spec")
 interpreter, asyncio, psutil, pydantic and the spec models. Any daemon built on them holds
 at least this much before it does anything."""
 
-UNLOADED_STEPS = ("ssl", "_hashlib", "importlib.metadata")
+UNLOADED_STEPS = ("ssl", "_hashlib", "bz2", "lzma", "importlib.metadata")
 """What ``reconciler run`` does not load: OpenSSL, through ``ssl`` (asyncio imports it) and
-``_hashlib`` (hashlib and hmac import it; pydantic imports hmac), and ``importlib.metadata``
+``_hashlib`` (hashlib and hmac import it; pydantic imports hmac), the archive codecs ``bz2`` and
+``lzma`` (shutil imports them), and ``importlib.metadata``
 (pydantic imports it to look for plugins when it builds its first model)."""
 
 PROBE = r"""
@@ -139,8 +140,8 @@ def main() -> None:
                 "process code):", FLOOR_STEPS, args.repeat)
     print()
     chain_table("What `reconciler run` does not load (OpenSSL, through the first two; any "
-                "other import of asyncio, hashlib or pydantic loads them):", UNLOADED_STEPS,
-                args.repeat, as_run=False)
+                "other import of asyncio, hashlib or pydantic loads them; shutil loads the "
+                "next two):", UNLOADED_STEPS, args.repeat, as_run=False)
 
     print("\nEach alone, in a fresh interpreter:\n")
     print("| module | +RSS, MiB | +USS, MiB | import, ms | modules added |")

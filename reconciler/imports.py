@@ -10,6 +10,11 @@ does unless an https probe runs. They are 6.7 MiB of a daemon's 42 MiB with 200 
   use when they can. Without it they fall back to the interpreter's own SHA-256, the same digest,
   for the spec and state hashes the daemon makes.
 
+Two more are withheld for what they cost with nothing to do: ``bz2`` and ``lzma``, which
+``shutil`` imports for archive formats (``make_archive``) the daemon never writes; it imports
+shutil for ``which``. 0.3 MiB with their libraries (``bench/import_cost.py``). Without them
+shutil only leaves those two formats out of its archive list.
+
 A third module is put off rather than withheld (:func:`deferred`): ``importlib.metadata``, which
 pydantic imports to look up its plugins, 1.3 MiB with the zipfile, email and csv modules it
 loads. Pydantic's plugins are off in the daemon (``PYDANTIC_DISABLE_PLUGINS``, unless its
@@ -30,7 +35,7 @@ import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-WITHHELD = ("ssl", "_hashlib")
+WITHHELD = ("ssl", "_hashlib", "bz2", "lzma")
 DEFERRED: Mapping[str, tuple[str, ...]] = {"importlib.metadata": ("entry_points",)}
 """Modules put off, each with the functions other modules import from it by name."""
 

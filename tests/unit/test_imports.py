@@ -16,9 +16,9 @@ import json, sys
 from reconciler.imports import withheld
 
 with withheld():
-    import asyncio, hashlib, hmac
+    import asyncio, hashlib, hmac, shutil
     failed = []
-    for name in ("ssl", "_hashlib"):
+    for name in ("ssl", "_hashlib", "bz2", "lzma"):
         try:
             __import__(name)
         except ImportError:
@@ -29,18 +29,20 @@ inside = {
     "openssl_hashes": "_hashlib" in sys.modules,
     "sha256": hashlib.sha256(b"reconciler").hexdigest(),
     "hmac": hmac.new(b"k", b"m", "sha256").hexdigest(),
+    "which": shutil.which("sh"),
 }
-import ssl  # after: importable again, for the code that needs it
-print(json.dumps({**inside, "ssl_after": ssl.SSLContext.__name__}))
+import bz2, ssl  # after: importable again, for the code that needs it
+print(json.dumps({**inside, "ssl_after": ssl.SSLContext.__name__,
+                  "bz2_after": bz2.decompress(bz2.compress(b"x")).decode()}))
 """
 
 
-def test_ssl_and_openssls_hashes_are_withheld_inside_and_importable_after() -> None:
+def test_openssl_and_the_archive_codecs_are_withheld_inside_and_importable_after() -> None:
     done = subprocess.run(
         [sys.executable, "-c", _CHILD], capture_output=True, text=True, timeout=30, check=True
     )
     seen = json.loads(done.stdout)
-    assert seen["failed"] == ["ssl", "_hashlib"]
+    assert seen["failed"] == ["ssl", "_hashlib", "bz2", "lzma"]
     assert seen["asyncio_tls"] is False and seen["openssl_hashes"] is False
     # The interpreter's own SHA-256 and HMAC: the digests OpenSSL's would give.
     import hashlib
@@ -49,6 +51,10 @@ def test_ssl_and_openssls_hashes_are_withheld_inside_and_importable_after() -> N
     assert seen["sha256"] == hashlib.sha256(b"reconciler").hexdigest()
     assert seen["hmac"] == hmac.new(b"k", b"m", "sha256").hexdigest()
     assert seen["ssl_after"] == "SSLContext"
+    import shutil
+
+    assert seen["which"] == shutil.which("sh")  # what the daemon imports shutil for
+    assert seen["bz2_after"] == "x"
     assert done.stderr == ""
 
 

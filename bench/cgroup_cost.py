@@ -13,6 +13,11 @@ Prints the mount's options, ``/sys/kernel/rcu_expedited``, and for each of mkdir
 sleeping child and rmdir: the median and max over ``--moves`` moves, each after a pause
 (``--pause``, the isolated case of a crash) and back to back (the case of a cold start).
 Changes no setting of the machine; every cgroup and child it makes is removed on exit.
+
+Do not try ``favordynmods`` on a host whose figures you still need: on Linux 6.18, after
+``mount -o remount,favordynmods`` and a remount without it (``mount(2)``, empty data), the
+option was gone from ``/proc/mounts`` but an isolated move kept taking 0.4 ms instead of 6.35,
+and still did after a second on-off cycle (``bench/compare/RESULTS.md``, 2026-12-03).
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ also covers file servers whose clocks run a little ahead."""
 
 _MAX_ATTEMPTS = 4
 """Reads of the directory before a scan settles for what it saw while it kept changing."""
+_LINKING_WAIT_SECONDS = 0.5  # for the kubelet to link the names of a new ``..data`` (scan)
 
 StatKey = tuple[int, int, int, int, int]
 """(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of a resolved file."""
@@ -211,6 +212,7 @@ class Scanner:
         self._snapshot = SpecSnapshot()
         self._last_look: tuple[str | None, dict[str, tuple[object, ...]]] | None = None
         self._watch_targets: tuple[WatchTarget, ...] = ()
+        self._waited_for: frozenset[str] = frozenset()
 
     @property
     def snapshot(self) -> SpecSnapshot:
@@ -240,16 +242,40 @@ class Scanner:
         with self._lock:
             if quick and self._last_look is not None and self._observe() == self._last_look:
                 return self._snapshot
-            current = self._read_pass()
-            for _attempt in range(1, _MAX_ATTEMPTS):
-                # Something moved while we read (a ConfigMap swap, a rename, a
-                # delete): read again rather than publish a mix of old and new.
-                if self._observe() == (current.directory_problem, current.fingerprints):
-                    break
-                current = self._read_pass()
+            current = self._settled_pass()
+            # The kubelet swaps ``..data``, then links the names it added: wait for those
+            # links, or a new key comes as a second change (one wait per set of names).
+            unlinked, waited = self._unlinked_keys(), self._waited_for
+            self._waited_for = unlinked
+            if unlinked and unlinked != waited:
+                deadline = time.monotonic() + _LINKING_WAIT_SECONDS
+                while self._unlinked_keys() and time.monotonic() < deadline:
+                    time.sleep(0.002)  # the kubelet links right after the swap
+                current = self._settled_pass()
             self._watch_targets = current.watch_targets
             self._last_look = (current.directory_problem, current.fingerprints)
             return self._publish(current)
+
+    def _settled_pass(self) -> _Pass:
+        current = self._read_pass()
+        for _attempt in range(1, _MAX_ATTEMPTS):
+            # Something moved while we read (a ConfigMap swap, a rename, a
+            # delete): read again rather than publish a mix of old and new.
+            if self._observe() == (current.directory_problem, current.fingerprints):
+                break
+            current = self._read_pass()
+        return current
+
+    def _unlinked_keys(self) -> frozenset[str]:
+        """Spec names in a ConfigMap's ``..data`` that have no link beside it yet."""
+        try:
+            if not os.path.islink(self.specs_dir / "..data"):
+                return frozenset()
+            keys, present = os.listdir(self.specs_dir / "..data"), os.listdir(self.specs_dir)
+        except OSError:
+            return frozenset()
+        unlinked = sorted(set(keys).difference(present))
+        return frozenset(k for k, c in self._candidates(unlinked).items() if isinstance(c, str))
 
     # -- reading --------------------------------------------------------------------------
 

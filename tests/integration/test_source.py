@@ -686,7 +686,13 @@ async def test_burst_of_rewrites_coalesces_to_the_final_content(
 # --- symlinks and ConfigMaps ----------------------------------------------------------
 
 
-def kubelet_write(directory: Path, payload: dict[str, str], *, pause_seconds: float = 0.0) -> None:
+def kubelet_write(
+    directory: Path,
+    payload: dict[str, str],
+    *,
+    pause_seconds: float = 0.0,
+    link_pause_seconds: float = 0.0,
+) -> None:
     """Project ``payload`` into ``directory`` as the kubelet's AtomicWriter does.
 
     New timestamped directory with the files; ``..data_tmp`` symlink to it,
@@ -705,6 +711,8 @@ def kubelet_write(directory: Path, payload: dict[str, str], *, pause_seconds: fl
         time.sleep(pause_seconds)  # a slow kubelet: the new directory sits there, unlinked
     (directory / "..data_tmp").symlink_to(timestamped.name)
     os.rename(directory / "..data_tmp", data)
+    if link_pause_seconds:
+        time.sleep(link_pause_seconds)  # a slow kubelet: ..data swapped, new names unlinked
     for name in payload:
         if not (directory / name).is_symlink():
             (directory / name).symlink_to(f"..data/{name}")
@@ -716,11 +724,13 @@ def kubelet_write(directory: Path, payload: dict[str, str], *, pause_seconds: fl
 
 
 @pytest.mark.parametrize(
-    ("new_args", "pause_seconds"),
+    ("new_args", "pause_seconds", "link_pause_seconds"),
     [
-        pytest.param({"a": "a2", "b": "b2"}, 0.0, id="contents"),
-        pytest.param({"a": "a2", "b": "b2"}, 0.1, id="slow-kubelet"),
-        pytest.param({"a": "a2", "c": "c2"}, 0.0, id="add-and-remove"),
+        pytest.param({"a": "a2", "b": "b2"}, 0.0, 0.0, id="contents"),
+        pytest.param({"a": "a2", "b": "b2"}, 0.1, 0.0, id="slow-kubelet"),
+        pytest.param({"a": "a2", "c": "c2"}, 0.0, 0.0, id="add-and-remove"),
+        # The scan between the swap and the new name's link: c must not come later.
+        pytest.param({"a": "a2", "c": "c2"}, 0.0, 0.1, id="add-and-remove-slow-links"),
     ],
 )
 async def test_configmap_swap_is_exactly_one_change(
@@ -728,6 +738,7 @@ async def test_configmap_swap_is_exactly_one_change(
     watching: Callable[[SpecSource], Watching],
     new_args: dict[str, str],
     pause_seconds: float,
+    link_pause_seconds: float,
 ) -> None:
     kubelet_write(specs, {"a.toml": spec_text("a1"), "b.toml": spec_text("b1")})
     watch = watching(SpecSource(specs))
@@ -735,7 +746,13 @@ async def test_configmap_swap_is_exactly_one_change(
     assert {k: v.spec.args for k, v in first.specs.items()} == {"a": ("a1",), "b": ("b1",)}
 
     payload = {f"{cid}.toml": spec_text(arg) for cid, arg in new_args.items()}
-    await asyncio.to_thread(kubelet_write, specs, payload, pause_seconds=pause_seconds)
+    await asyncio.to_thread(
+        kubelet_write,
+        specs,
+        payload,
+        pause_seconds=pause_seconds,
+        link_pause_seconds=link_pause_seconds,
+    )
 
     changed = await watch.next()
     assert {k: v.spec.args for k, v in changed.specs.items()} == {

@@ -221,16 +221,6 @@ class CollectorSpec(CollectorConfig):
             raise ValueError(f"names {', '.join(repeated)} more than once")
         return value
 
-    def collector_config(self) -> CollectorConfig:
-        """The part of the spec the process manager needs."""
-        return CollectorConfig.model_validate(
-            self.model_dump(exclude=set(SPEC_ONLY_KEYS), exclude_unset=True)
-        )
-
-
-SPEC_ONLY_KEYS = frozenset({"type", "state", "id", "after", "rollout_timeout_seconds", "rollback"})
-"""Keys of a spec file that are the reconcile loop's, not the process manager's."""
-
 
 class ProcessManagerConfig(_Frozen):
     """The ``[process_manager]`` table (DaemonEye keys plus the three backoff keys)."""

@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# The venv with the project (editable) and its test tools, then the -OO bytecode that
+# `reconciler run` starts again under (optimised_command in reconciler/imports.py).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/python -OO -m compileall -q -j0 reconciler "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" > /dev/null
 	touch $(STAMP)
 
 # .venv/bin on PATH: the example specs name the shipped collectors by bare name.

@@ -8,6 +8,9 @@ deferred and pydantic's plugins off (``reconciler.imports.for_the_daemon``):
    h11 (the HTTP parser of both listeners), then the reconciler's own modules (whose own
    cost is mostly building the pydantic models of ``reconciler.spec``): RSS, USS and modules
    loaded after each, and what that step added (a step's cost excludes what earlier steps loaded);
+   under ``-OO`` where that bytecode is here, as ``reconciler run`` starts again
+   (``reconciler.imports.optimised_command``), then the daemon's imports with plain bytecode
+   and with ``-OO``: what leaving docstrings out saves;
 2. the floor: the same for the declared dependencies alone (asyncio, psutil, pydantic and the
    spec models, with no HTTP server, metrics or process code);
 3. what ``reconciler run`` does not load: OpenSSL (``ssl``, ``_hashlib``), shutil's archive
@@ -16,7 +19,8 @@ deferred and pydantic's plugins off (``reconciler.imports.for_the_daemon``):
    dependency included, so these do not add up).
 
 Memory is read from ``/proc/self/status`` (VmRSS) and ``/proc/self/smaps_rollup`` (private
-pages: USS) inside the child, so nothing else is imported to measure it. Times are the median
+pages: USS) inside the child, so nothing else is imported to measure it. Tables 2-4 use plain
+bytecode. Times are the median
 of ``--repeat`` runs (the first run also warms the page cache).
 """
 
@@ -27,6 +31,8 @@ import json
 import statistics
 import subprocess
 import sys
+
+from reconciler.imports import optimised_command
 
 STEPS = (
     "asyncio",
@@ -90,12 +96,15 @@ print(json.dumps(steps))
 """
 
 
-def probe(modules: tuple[str, ...], *, as_run: bool = True) -> list[dict[str, float | str]]:
+def probe(
+    modules: tuple[str, ...], *, as_run: bool = True, optimise: bool = False
+) -> list[dict[str, float | str]]:
     """The steps of importing ``modules`` in a fresh interpreter; by default as ``reconciler
-    run`` imports (``reconciler.imports.for_the_daemon``)."""
+    run`` imports (``reconciler.imports.for_the_daemon``); ``optimise``: under ``-OO``."""
     flag = ["--as-run"] if as_run else []
+    options = ["-OO"] if optimise else []
     result = subprocess.run(
-        [sys.executable, "-X", "frozen_modules=on", "-c", PROBE, *flag, *modules],
+        [sys.executable, *options, "-X", "frozen_modules=on", "-c", PROBE, *flag, *modules],
         capture_output=True, text=True, check=True, timeout=120,
     )
     return json.loads(result.stdout)
@@ -113,9 +122,10 @@ def medians(runs: list[list[dict]]) -> list[dict]:
 
 
 def chain_table(
-    title: str, modules: tuple[str, ...], repeat: int, *, as_run: bool = True
+    title: str, modules: tuple[str, ...], repeat: int, *, as_run: bool = True,
+    optimise: bool = False,
 ) -> None:
-    steps = medians([probe(modules, as_run=as_run) for _ in range(repeat)])
+    steps = medians([probe(modules, as_run=as_run, optimise=optimise) for _ in range(repeat)])
     print(f"{title}\n")
     print("| after importing | RSS, MiB | +RSS | USS, MiB | +USS | import, ms | modules |")
     print("|---|---|---|---|---|---|---|")
@@ -133,9 +143,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    chain_table("In the daemon's order, one interpreter (each step: what it added):",
-                STEPS, args.repeat)
+    # As ``reconciler run`` runs: under -OO where that bytecode is here (it starts again so).
+    optimise = optimised_command() is not None
+    bytecode = "under -OO" if optimise else "plain bytecode (no -OO bytecode here)"
+    chain_table(f"In the daemon's order, one interpreter, {bytecode} (each step: what it "
+                "added):", STEPS, args.repeat, optimise=optimise)
     print()
+    if optimise:
+        print("What -OO saves (no docstrings), the daemon's imports:\n")
+        print("| bytecode | RSS, MiB | USS, MiB | import, ms |")
+        print("|---|---|---|---|")
+        for label, flag in (("plain", False), ("-OO", True)):
+            last = medians([probe(("reconciler.daemon",), optimise=flag)
+                            for _ in range(args.repeat)])[-1]
+            print(f"| {label} | {last['rss']:.1f} | {last['uss']:.1f} | "
+                  f"{last['seconds'] * 1000:.0f} |")
+        print()
     chain_table("The floor of the declared dependencies (no HTTP server, metrics or "
                 "process code):", FLOOR_STEPS, args.repeat)
     print()

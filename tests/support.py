@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -137,6 +138,17 @@ def start_daemon(
             stderr=stderr,
             env=env,
         )
+
+
+def end_daemon(daemon: subprocess.Popen[bytes], mark: str) -> None:
+    """Whatever a test left: SIGKILL the daemon if it still runs, then the collectors that
+    carry ``mark``."""
+    if daemon.poll() is None:
+        daemon.kill()
+        daemon.wait()
+    for pid in marked_pids(mark):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def kernel_state(pid: int) -> str | None:

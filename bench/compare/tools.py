@@ -404,6 +404,9 @@ def reconciler_venv(path: Path = RECONCILER_VENV, source: Path = ROOT) -> Path:
         subprocess.run([*pip, "install", str(tree)], check=True, timeout=900)
         subprocess.run([*pip, "install", "--no-deps", "--force-reinstall", str(tree)],
                        check=True, timeout=900)
+    # As the README's install does: the -OO bytecode `reconciler run` starts again under.
+    subprocess.run([str(path / "bin" / "python"), "-OO", "-m", "compileall", "-q", "-j0",
+                    str(path / "lib")], check=True, timeout=900, stdout=subprocess.DEVNULL)
     return path
 
 

@@ -21,6 +21,7 @@ import pytest
 from tests.support import (
     MARK_ENV,
     RECONCILER,
+    end_daemon,
     make_certificates,
     marked_pids,
     start_daemon,
@@ -117,9 +118,4 @@ def test_openssl_is_loaded_by_the_first_https_probe_and_that_probe_passes(
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0, (tmp_path / "stderr").read_text()
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        for pid in marked_pids(mark):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        end_daemon(daemon, mark)

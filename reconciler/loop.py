@@ -26,11 +26,10 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import InvalidSpec, ProcessManagerError, ProcessNotFound
 from reconciler.plan.actions import Action, Rollback, kind
-from reconciler.plan.diff import DiffLine, diff
 from reconciler.plan.planner import Desired, Observed, Override
 from reconciler.plan.rollout import RolloutSettings
 from reconciler.process import Applied, CollectorProcessManager, ManagerEvent
@@ -42,6 +41,9 @@ from reconciler.spec.models import CollectorConfig, CollectorSpec
 from reconciler.spec.order import after_problems
 from reconciler.state import DesiredState
 from reconciler.views import CollectorView, ExportedCollector, Views
+
+if TYPE_CHECKING:
+    from reconciler.plan.diff import DiffLine
 
 __all__ = [
     "Applied",
@@ -392,6 +394,9 @@ class Reconciler(Views):
         (a collector without a file would be stopped); ``None``: the specs
         directory as last read. ``InvalidSpec`` names every file, key and reason.
         """
+        # Loaded by the first diff asked for: most daemons never plan one.
+        from reconciler.plan.diff import diff
+
         desired = self.desired() if files is None else desired_from_files(files)
         return diff(
             desired,

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
 from reconciler.api.constants import MAX_PLAN_FILES, RECHECK_SECONDS
-from reconciler.api.openapi import document
 from reconciler.api.peers import peer_of
 from reconciler.api.views import event_to_json, view_to_json
 from reconciler.errors import (
@@ -331,4 +330,7 @@ async def _rescan(reconciler: Reconciler) -> None:
 
 async def openapi(api: ApiServer, request: Request) -> Response:
     """The API described in OpenAPI 3.1."""
+    # Its schemas are built at import: loaded when first asked for, not by every daemon.
+    from reconciler.api.openapi import document
+
     return json_response(document(__version__))

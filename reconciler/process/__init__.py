@@ -2,19 +2,24 @@
 
 ``ProcessDriver`` (``driver``) is every effect on processes; ``PosixDriver``
 (``posix``) the real one and ``FakeDriver`` (``fake``) a scripted one for
-tests. The executor carries out ``reconciler.plan``'s actions through a
-driver; the controller runs plan -> execute; ``CollectorProcessManager`` is
-the library API over both. No restart policy lives in this layer.
+tests, imported when first named (the daemon does not load it). The executor
+carries out ``reconciler.plan``'s actions through a driver; the controller
+runs plan -> execute; ``CollectorProcessManager`` is the library API over both.
+No restart policy lives in this layer.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from reconciler.process.clock import Clock, ManualClock, settle
 from reconciler.process.driver import Launch, ProbeResult, ProcessDriver, Run, RunIdentity
 from reconciler.process.events import ManagerEvent, describe_exit
-from reconciler.process.fake import FakeDriver
 from reconciler.process.manager import CollectorProcessManager
 from reconciler.process.posix import PosixDriver
 from reconciler.process.records import Applied
 from reconciler.process.tree import process_start_ticks
+
+if TYPE_CHECKING:
+    from reconciler.process.fake import FakeDriver
 
 __all__ = [
     "Applied",
@@ -33,3 +38,11 @@ __all__ = [
     "process_start_ticks",
     "settle",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FakeDriver":
+        from reconciler.process.fake import FakeDriver
+
+        return FakeDriver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

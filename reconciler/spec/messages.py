@@ -7,7 +7,6 @@ under secret keys (``env``, probe URLs) are never echoed. Used by ``reconciler.s
 from __future__ import annotations
 
 import datetime
-import difflib
 import json
 import math
 import re
@@ -134,7 +133,7 @@ def _locate(root: dict[str, Any], loc: Sequence[str | int]) -> _Site:
 def _unknown_key_reason(site: _Site, root: dict[str, Any]) -> str:
     key = str(site.loc[-1])
     here = list((site.table or {}).get("properties", {}))
-    close = difflib.get_close_matches(key, here, n=1)
+    close = _close_matches(key, here)
     if close:
         return f"unknown key (did you mean {show(close[0])}?)"
     homes = [table for table in _tables_with_key(root, key, root=root) if table != site.loc[:-1]]
@@ -161,11 +160,18 @@ def _tables_with_key(schema: dict[str, Any], key: str, *, root: dict[str, Any]) 
             yield from ((name, *path) for path in _tables_with_key(field, key, root=root))
 
 
+def _close_matches(word: str, options: list[str]) -> list[str]:
+    # Imported on the first error only: the daemon that never sees one never loads difflib.
+    import difflib
+
+    return difflib.get_close_matches(word, options, n=1)
+
+
 def _did_you_mean(value: Any, schema: dict[str, Any]) -> str:
     options = [option for option in schema.get("enum", []) if isinstance(option, str)]
     if not isinstance(value, str) or not options:
         return ""
-    close = difflib.get_close_matches(value, options, n=1)
+    close = _close_matches(value, options)
     return f"; did you mean {show(close[0])}?" if close else ""
 
 

@@ -131,6 +131,10 @@ def for_the_daemon() -> Iterator[None]:
         yield
 
 
+STANDARD_LIBRARY_PROBE = os.path.join(os.path.dirname(os.__file__), "asyncio", "base_events.py")
+"""A standard module the daemon imports: its ``-OO`` bytecode stands for the library's."""
+
+
 def optimised_command() -> list[str] | None:
     """The command line that starts this process again under ``python -OO``, or None.
 
@@ -147,7 +151,7 @@ def optimised_command() -> list[str] | None:
     if pydantic is None or pydantic.origin is None:
         return None
     sources = (
-        os.path.join(os.path.dirname(os.__file__), "asyncio", "base_events.py"),
+        STANDARD_LIBRARY_PROBE,
         os.path.join(os.path.dirname(pydantic.origin), "main.py"),
         os.path.join(os.path.dirname(__file__), "daemon.py"),
     )

@@ -151,6 +151,11 @@ def end_daemon(daemon: subprocess.Popen[bytes], mark: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def cmdline(pid: int) -> list[str]:
+    """The arguments of process ``pid``, from ``/proc``."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
 def kernel_state(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()

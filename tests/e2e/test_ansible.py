@@ -49,6 +49,7 @@ from tests.support import (
     MARK_ENV,
     SESSION_MARK,
     alive,
+    cmdline,
     daemon_tree_name,
     wait_for,
 )
@@ -362,10 +363,6 @@ def _environ(pid: int) -> list[bytes]:
     return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
 
 
-def _cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-
-
 # --- the tests ----------------------------------------------------------------------------
 
 
@@ -401,9 +398,9 @@ def test_first_run_installs_starts_and_converges(deployment: Deployment) -> None
     # A background daemon, by its pid file, running this venv's reconciler on this config.
     pid = deployment.daemon_pid()
     assert pid is not None and alive(pid)
-    cmdline = _cmdline(pid)
-    assert str(deployment.venv / "bin" / "reconciler") in cmdline, cmdline
-    assert cmdline[-3:] == ["run", "--config", str(deployment.config_path)], cmdline
+    argv = cmdline(pid)
+    assert str(deployment.venv / "bin" / "reconciler") in argv, argv
+    assert argv[-3:] == ["run", "--config", str(deployment.config_path)], argv
     assert "watching" in deployment.log_file.read_text()
     assert f"{MARK_ENV}={SESSION_MARK}".encode() in _environ(pid)  # for the leak check
     # Every collector runs (the play ended with `reconciler wait`), with the mark.
@@ -468,7 +465,7 @@ def test_a_changed_spec_restarts_only_its_collector_and_a_changed_config_reloads
     # daemon (SIGHUP), which neither restarted it nor touched a collector.
     after = deployment.collector_pids()
     assert after["beta"] != before["beta"]
-    assert _cmdline(after["beta"]) == [SLEEP, str(seconds)]  # type: ignore[arg-type]
+    assert cmdline(after["beta"]) == [SLEEP, str(seconds)]  # type: ignore[arg-type]
     assert {k: after[k] for k in ("alpha", "gamma")} == {k: before[k] for k in ("alpha", "gamma")}
     assert deployment.daemon_pid() == daemon
     wait_for(

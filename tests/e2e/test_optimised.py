@@ -11,22 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.imports import optimised_command
+from reconciler.imports import STANDARD_LIBRARY_PROBE, optimised_command
 from tests.support import (
     MARK_ENV,
     RECONCILER,
     alive,
+    cmdline,
     end_daemon,
     marked_pids,
     start_daemon,
     wait_for,
 )
-
-STANDARD_PROBE = os.path.join(os.path.dirname(os.__file__), "asyncio", "base_events.py")
-
-
-def cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
 
 
 def run_one(tmp_path: Path, env: dict[str, str] | None = None) -> tuple[list[str], int]:
@@ -57,7 +52,7 @@ def run_one(tmp_path: Path, env: dict[str, str] | None = None) -> tuple[list[str
 
 
 def test_run_starts_again_under_OO_keeping_its_pid(tmp_path: Path) -> None:
-    if not os.path.exists(importlib.util.cache_from_source(STANDARD_PROBE, optimization=2)):
+    if not os.path.exists(importlib.util.cache_from_source(STANDARD_LIBRARY_PROBE, optimization=2)):
         pytest.skip("this interpreter's standard library has no -OO bytecode")
     # make venv compiles the rest: pydantic's and the reconciler's.
     assert optimised_command() is not None

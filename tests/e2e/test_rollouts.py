@@ -26,7 +26,7 @@ import pytest
 
 from reconciler.process.spawn import JOIN_CGROUP
 from tests.e2e.test_run import Daemon
-from tests.support import MARK_ENV, RECONCILER, wait_for
+from tests.support import MARK_ENV, RECONCILER, cmdline, wait_for
 
 COLLECTOR = '''
 import os, signal, socket, sys, time
@@ -126,7 +126,7 @@ class Rollouts(Daemon):
             try:
                 environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-                argv = self.cmdline(pid)
+                argv = cmdline(pid)
             except OSError:
                 continue
             if state in (b"Z", b"X") or argv[1:3] == ["-c", JOIN_CGROUP]:
@@ -139,14 +139,11 @@ class Rollouts(Daemon):
     def start_ticks(self, pid: int) -> int:
         return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
 
-    def cmdline(self, pid: int) -> list[str]:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-
     def running_as(self, cid: str, mode: str) -> int | None:
         """The pid of collector ``cid`` once it runs the collector in ``mode``, else None."""
         pid = self.ids_alive().get(cid)
         try:
-            return pid if pid and self.cmdline(pid)[2:3] == [mode] else None
+            return pid if pid and cmdline(pid)[2:3] == [mode] else None
         except OSError:
             return None
 
@@ -221,7 +218,7 @@ def test_a_bad_args_change_is_rolled_back_and_the_good_one_after_it_rolls_out(
         daemon.write("web", fixed)
         assert daemon.cli("wait", "--timeout", "30").returncode == 0
         new_pid = daemon.ids_alive()["web"]
-        assert new_pid != pid and daemon.cmdline(new_pid)[2] == "good-v2"
+        assert new_pid != pid and cmdline(new_pid)[2] == "good-v2"
         assert daemon.view("web")["rejected"] is None
         assert "reconciler_spec_rejected{" not in daemon.metrics()
         assert daemon.stop() == 0
@@ -276,7 +273,7 @@ def test_max_unavailable_1_over_ten_changed_specs_never_has_two_down(tmp_path: P
             stop.set()
             watcher.join()
         after = daemon.ids_alive()
-        assert all(daemon.cmdline(after[cid])[2] == "v2" for cid in ids)
+        assert all(cmdline(after[cid])[2] == "v2" for cid in ids)
         assert all(after[cid] != before[cid] for cid in ids)
         assert samples[0] > 50, "the /proc check looked often enough to see a restart"
         assert most_down[0] == 1, f"at most one collector down at any instant: {most_down[0]}"

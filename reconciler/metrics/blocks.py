@@ -8,7 +8,10 @@ works. So each collector keeps a block: its lines of each of the thirteen
 per-collector families and the values they were written from. A scrape
 gives each collector's values (``add``: its ``Static`` values and the four
 that move), the block rewrites the lines whose values differ (the uptime's
-every time), and ``families()`` joins each family's lines in collector order.
+every time), and ``families()`` gives each family's lines in collector order,
+with a revision that is new whenever one of them changed; the text is joined
+only when asked for, and not kept (``Exposition`` tells it unchanged by its
+revision).
 The bytes are those ``generate_latest`` writes for the same samples (tested);
 the samples themselves are made only when something asks.
 
@@ -22,6 +25,7 @@ Used by ``ReconcilerCollector``, in the event-loop thread.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -94,6 +98,8 @@ _MOVING = ("uptime_seconds", "backoff_seconds", "cpu_seconds", "rss_bytes")
 _SLOT = {field: slot for slot, (_, field, _) in enumerate(_LAYOUT)}
 _UPTIME, _BACKOFF, _CPU, _MEMORY = (_SLOT[name] for name in _MOVING)
 _ALL_CHANGED = [True] * len(_LAYOUT)
+_REVISIONS = itertools.count()
+"""Revisions of the families' texts: unique in the process, so no two blocks share one."""
 _ONE_HOT = {
     slot: one_hot_lines(family, choices)
     for slot, (family, _, choices) in enumerate(_LAYOUT)
@@ -106,15 +112,19 @@ def _prefix(family: Family, collector_id: str, collector_type: str) -> str:
     return family.template.format(collector_id, collector_type, "")[:-1]
 
 
+def _rewrite(line: str, value: float) -> str:
+    """``line`` (``name{…} old``) with ``value`` in place of its old one."""
+    return f"{line[: line.rindex(' ') + 1]}{value_text(value)}\n"
+
+
 class _Block:
     """One collector's lines, one per family ("" where it has no sample)."""
 
-    __slots__ = ("backoff", "cpu", "key", "lines", "prefixes", "rss")
+    __slots__ = ("backoff", "cpu", "key", "lines", "rss")
 
     def __init__(self) -> None:
         self.key: Static | None = None
         self.lines = [""] * len(_LAYOUT)
-        self.prefixes: tuple[str, str, str, str] = ("", "", "", "")
         self.backoff: float | None = None
         self.cpu: float | None = None
         self.rss: float | None = None
@@ -125,6 +135,9 @@ class _Block:
         lines = self.lines
         for slot, (family, field, _) in enumerate(_LAYOUT):
             if field in _MOVING:
+                # Its labels and a space: ``add()`` writes the value after the line's last
+                # space (a value has none), so no prefix is kept besides the line.
+                lines[slot] = _prefix(family, cid, ctype) + "\n"
                 continue
             value = getattr(key, field)
             if slot in _ONE_HOT:
@@ -135,12 +148,6 @@ class _Block:
                 lines[slot] = family.template.format(cid, ctype, escape_label_value(value), "1.0")
             else:
                 lines[slot] = family.template.format(cid, ctype, value_text(value))
-        self.prefixes = (
-            _prefix(UPTIME, cid, ctype),
-            _prefix(BACKOFF, cid, ctype),
-            _prefix(CPU, cid, ctype),
-            _prefix(MEMORY, cid, ctype),
-        )
         # The labels may have changed (a new type): write the others again too.
         self.backoff = self.cpu = self.rss = None
         self.key = key
@@ -158,9 +165,9 @@ class CollectorBlocks:
         self.rewritten = 0
         """Blocks whose kept lines were written again at the last scrape (for benchmarks)."""
         self.rejoined = 0
-        """Families whose text was joined anew at the last scrape (for benchmarks)."""
-        self._texts: list[str | None] = [None] * len(_LAYOUT)
-        """Each family's text at the last scrape."""
+        """Families whose text changed (a new revision) at the last scrape (for benchmarks)."""
+        self._revisions: list[int] = [next(_REVISIONS) for _ in _LAYOUT]
+        """Each family's revision at the last scrape: new whenever its text is."""
         self._last_lines: list[list[str]] = []
         self._start_scrape()
 
@@ -195,20 +202,19 @@ class CollectorBlocks:
         else:
             key = kept  # the block's, not the caller's equal one: nothing new is kept alive
         lines = block.lines
-        uptime, backoff, cpu, memory = block.prefixes
-        lines[_UPTIME] = f"{uptime}{value_text(uptime_seconds)}\n"
+        lines[_UPTIME] = _rewrite(lines[_UPTIME], uptime_seconds)
         changed[_UPTIME] = True
         if backoff_seconds != block.backoff:
             block.backoff = backoff_seconds
-            lines[_BACKOFF] = f"{backoff}{value_text(backoff_seconds)}\n"
+            lines[_BACKOFF] = _rewrite(lines[_BACKOFF], backoff_seconds)
             changed[_BACKOFF] = True
         if cpu_seconds != block.cpu:
             block.cpu = cpu_seconds
-            lines[_CPU] = f"{cpu}{value_text(cpu_seconds)}\n"
+            lines[_CPU] = _rewrite(lines[_CPU], cpu_seconds)
             changed[_CPU] = True
         if rss_bytes != block.rss:
             block.rss = rss_bytes
-            lines[_MEMORY] = f"{memory}{value_text(rss_bytes)}\n"
+            lines[_MEMORY] = _rewrite(lines[_MEMORY], rss_bytes)
             changed[_MEMORY] = True
         self._lines.append(lines)
         self._keys.append(key)
@@ -228,13 +234,19 @@ class CollectorBlocks:
         # The same blocks in the same order (a list of the same lists) and no
         # line of a family written: its text is the last scrape's, not joined again.
         same_collectors = lines_of == self._last_lines
-        changed, texts = self._changed, self._texts
+        changed, revisions = self._changed, self._revisions
         result = []
         for slot, (family, _, _) in enumerate(_LAYOUT):
-            text = texts[slot]
-            if text is None or changed[slot] or not same_collectors:
-                text = texts[slot] = family.header + "".join([lines[slot] for lines in lines_of])
-            result.append(WrittenFamily(family, text=text, samples=_sampler(slot, keys, moving)))
+            if changed[slot] or not same_collectors:
+                revisions[slot] = next(_REVISIONS)
+            result.append(
+                WrittenFamily(
+                    family,
+                    lines=[lines[slot] for lines in lines_of],
+                    revision=revisions[slot],
+                    samples=_sampler(slot, keys, moving),
+                )
+            )
         self.rejoined = sum(changed) if same_collectors else len(_LAYOUT)
         self.rewritten = self._rewritten
         self._last_lines = lines_of

@@ -13,6 +13,13 @@ a sync flush (an empty stored block, byte-aligned), so they join into one
 valid stream; an empty final block ends it. The trailer's CRC-32 is of the
 whole text (~0.5 ms at 1.9 MB). Any gzip reader reads it as one member: no
 multi-member tricks, which some clients mishandle.
+
+Whether a family is unchanged is its ``revision`` where it has one (a
+``WrittenFamily``: the blocks give a new one whenever its text changes), so
+that neither side keeps that text between scrapes: the blocks keep each
+collector's lines, and joined again, those were a second copy of 1.7 KiB per
+collector. A text without a revision (a plain ``str``, any other family) is
+kept and compared.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Sequence
+from typing import Protocol
 
 COMPRESSION_LEVEL = 6
 """zlib's default."""
@@ -29,25 +37,48 @@ _FINAL_BLOCK = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, -zlib.MAX_WBIT
 """An empty final deflate block: the end of the stream."""
 
 
-class _Part:
-    """One family's text as the last scrape had it, with its compressed bytes.
+class Revised(Protocol):
+    """A text whose ``revision`` changes whenever the text does (``WrittenFamily``)."""
 
-    Not its encoded bytes: the text is kept anyway (the blocks keep it to
-    join it again only when it changes), and a second copy was 1.7 MiB of the
-    daemon's memory at 1000 collectors. Encoding again is a copy (the text is
-    ASCII but for label values), done only for a CRC that must be computed
-    again.
+    @property
+    def revision(self) -> int: ...
+
+    def text(self) -> str: ...
+
+
+Piece = str | Revised
+"""One family's text, or what writes it and tells whether it changed."""
+
+
+def _text(piece: Piece) -> str:
+    return piece if isinstance(piece, str) else piece.text()
+
+
+class _Part:
+    """One family as the last scrape had it, with its compressed bytes.
+
+    Its text only where it has no revision to be told apart by; never its
+    encoded bytes (a second copy, for a CRC computed again only when a part
+    before it changed).
     """
 
-    __slots__ = ("crc_through", "deflated", "size", "text")
+    __slots__ = ("crc_through", "deflated", "revision", "size", "text")
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, piece: Piece) -> None:
+        text = _text(piece)
+        self.text = text if isinstance(piece, str) else None
+        self.revision = None if isinstance(piece, str) else piece.revision
         self.size = len(text) if text.isascii() else len(text.encode())
         self.deflated = b""
         """Its text compressed (a sync-flushed deflate block, never empty); b"" until then."""
         self.crc_through: int | None = None
         """CRC-32 of the text of every part up to this one, when last computed."""
+
+    def same(self, piece: Piece) -> bool:
+        """Whether ``piece`` has this part's text."""
+        if isinstance(piece, str):
+            return self.text is piece or self.text == piece
+        return piece.revision == self.revision
 
     def deflate(self, data: bytes) -> None:
         """Compress ``data``, this part's text encoded."""
@@ -63,28 +94,29 @@ class Exposition:
         self.reused = 0
         """Parts of the last body that were not encoded again (for benchmarks)."""
 
-    def _update(self, texts: Sequence[str]) -> list[_Part]:
+    def _update(self, pieces: Sequence[Piece]) -> list[_Part]:
         old, parts, reused = self._parts, [], 0
-        for index, text in enumerate(texts):
+        for index, piece in enumerate(pieces):
             # Kept by position: the families come in the same order each scrape.
             part = old[index] if index < len(old) else None
-            if part is not None and (part.text is text or part.text == text):
+            if part is not None and part.same(piece):
                 reused += 1
             else:
-                part = _Part(text)
+                part = _Part(piece)
             parts.append(part)
         self._parts, self.reused = parts, reused
         return parts
 
-    def plain(self, texts: Sequence[str]) -> bytes:
+    def plain(self, pieces: Sequence[Piece]) -> bytes:
         """The text exposition: the texts joined, as UTF-8."""
-        return "".join([part.text for part in self._update(texts)]).encode()
+        self._update(pieces)
+        return "".join([_text(piece) for piece in pieces]).encode()
 
-    def gzip(self, texts: Sequence[str]) -> bytes:
-        """``plain(texts)`` gzip-compressed (``Content-Encoding: gzip``)."""
-        parts = self._update(texts)
+    def gzip(self, pieces: Sequence[Piece]) -> bytes:
+        """``plain(pieces)`` gzip-compressed (``Content-Encoding: gzip``)."""
+        parts = self._update(pieces)
         crc, size, cached = 0, 0, True
-        for part in parts:
+        for part, piece in zip(parts, pieces, strict=True):
             # While every part so far has its CRC-through, so has this one, from the
             # same parts before it: a new part has none, and the parts after it
             # get theirs computed again, here, after it.
@@ -93,7 +125,7 @@ class Exposition:
                 crc = part.crc_through
             else:
                 cached = False
-                data = part.text.encode()
+                data = (part.text if part.text is not None else _text(piece)).encode()
                 crc = part.crc_through = zlib.crc32(data, crc)
                 if not part.deflated:
                     part.deflate(data)

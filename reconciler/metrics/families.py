@@ -347,12 +347,26 @@ class OneHotFamily(SeriesFamily):
 
 
 class WrittenFamily(TextFamily):
-    """A family whose text is already written (``reconciler.metrics.blocks``), with a
-    function that makes its samples when something asks for them."""
+    """A family whose lines are already written (``reconciler.metrics.blocks``), with a
+    function that makes its samples when something asks for them.
 
-    def __init__(self, family: Family, *, text: str, samples: Callable[[], list[Sample]]) -> None:
+    ``revision`` is new whenever the text is: ``Exposition`` tells an unchanged
+    family by it, without a copy of the text kept to compare. The text is
+    joined when first asked for.
+    """
+
+    def __init__(
+        self,
+        family: Family,
+        *,
+        lines: list[str],
+        revision: int,
+        samples: Callable[[], list[Sample]],
+    ) -> None:
         super().__init__(family)
-        self._written = text
+        self.revision = revision
+        self._lines: list[str] | None = lines
+        self._written = ""
         self._make_samples = samples
 
     @property
@@ -360,6 +374,9 @@ class WrittenFamily(TextFamily):
         return self._make_samples()
 
     def text(self) -> str:
+        if self._lines is not None:
+            self._written = self.family.header + "".join(self._lines)
+            self._lines = None
         return self._written
 
 
@@ -438,6 +455,19 @@ def texts(registry: Collects) -> list[str]:
     """
     return [
         metric.text() if isinstance(metric, TextFamily) else _generate_latest(metric)
+        for metric in registry.collect()
+    ]
+
+
+def pieces(registry: Collects) -> list[str | WrittenFamily]:
+    """``texts(registry)``, but a ``WrittenFamily`` as itself: it is told unchanged by its
+    revision, and its text is joined only if it changed (``Exposition``)."""
+    return [
+        metric
+        if isinstance(metric, WrittenFamily)
+        else metric.text()
+        if isinstance(metric, TextFamily)
+        else _generate_latest(metric)
         for metric in registry.collect()
     ]
 

@@ -13,7 +13,7 @@ from reconciler.loop import Reconciler
 from reconciler.metrics.collector import ReconcilerCollector
 from reconciler.metrics.constants import CONTENT_TYPE, SLOW_SCRAPE_SECONDS
 from reconciler.metrics.exposition import Exposition
-from reconciler.metrics.families import Registry, texts
+from reconciler.metrics.families import Registry, pieces
 
 log = logging.getLogger("reconciler.metrics")
 
@@ -135,9 +135,9 @@ class MetricsServer:
         started = time.perf_counter()
         if self.collect_young_first and gc.isenabled():
             _collect_young()
-        family_texts = texts(self.registry)
+        families = pieces(self.registry)
         exposition = self._exposition
-        body = exposition.gzip(family_texts) if gzip else exposition.plain(family_texts)
+        body = exposition.gzip(families) if gzip else exposition.plain(families)
         self.last_scrape_seconds = elapsed = time.perf_counter() - started
         if elapsed > SLOW_SCRAPE_SECONDS:
             log.warning("a metrics scrape took %.2f s in the event loop", elapsed)

@@ -35,6 +35,7 @@ import resource
 import select
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -124,9 +125,13 @@ def build_env(
     instance: str | None = None,
 ) -> dict[str, str]:
     """A minimal inherited base, the run-as user's identity, then the spec's env on top."""
-    env = {key: parent_env[key] for key in INHERITED_ENV_KEYS if key in parent_env}
+    # Interned: ``os.environ`` decodes each value it yields anew, and a run keeps its env,
+    # so a thousand runs kept a thousand copies of PATH (0.3 KiB a collector in all).
+    env = {key: sys.intern(parent_env[key]) for key in INHERITED_ENV_KEYS if key in parent_env}
     # Keys first: ``os.environ`` decodes each value it yields.
-    env.update({key: parent_env[key] for key in parent_env if key.startswith("LC_")})
+    env.update(
+        {key: sys.intern(parent_env[key]) for key in parent_env if key.startswith("LC_")}
+    )
     env.setdefault("PATH", DEFAULT_PATH)
     if identity is not None:
         env.update(HOME=identity.home, USER=identity.name, LOGNAME=identity.name)

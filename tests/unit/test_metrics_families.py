@@ -148,14 +148,16 @@ def test_blocks_samples_are_those_of_their_scrape() -> None:
 
 def test_blocks_escape_labels_as_generate_latest_does() -> None:
     blocks = CollectorBlocks()
-    odd = static("a", collector_type='we"ird\\type\nx', applied_hash='h"1')
+    odd = static("a", collector_type='we"ird\\type\nx y', applied_hash='h"1')
     text = scrape(blocks, [(odd, 1.0, 0.0, 0.0, 0.0)])
+    # A space in a label: the values that move are rewritten after the line's last space.
+    text = scrape(blocks, [(odd, 2.0, 1.0, 3.0, 4.0)])
     parsed = {
         sample.labels.get("type")
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-    assert parsed == {'we"ird\\type\nx'}
+    assert parsed == {'we"ird\\type\nx y'}
 
 
 @pytest.mark.parametrize(
@@ -186,6 +188,39 @@ def test_gzip_is_the_plain_text_as_one_member(change: str, reused: int) -> None:
     assert reader.eof and reader.unused_data == b""
     assert exposition.plain(texts) == "".join(texts).encode()
     assert exposition.reused == len(texts)
+
+
+def test_gzip_tells_the_blocks_families_apart_by_revision() -> None:
+    """An unchanged family is reused by its revision, and never served stale."""
+    blocks, exposition = CollectorBlocks(), Exposition()
+
+    def body(*keys: Static, uptime: float) -> tuple[bytes, str]:
+        for key in keys:
+            blocks.add(key, uptime_seconds=uptime, backoff_seconds=0, cpu_seconds=1, rss_bytes=2)
+        families = blocks.families()
+        gzipped = exposition.gzip(families)
+        return gzip.decompress(gzipped), "".join(family.text() for family in families)
+
+    a, b = static("a"), static("b")
+    first, text = body(a, b, uptime=1.0)
+    assert first == text.encode() and exposition.reused == 0
+    again, text = body(a, b, uptime=2.0)
+    assert again == text.encode() and again != first
+    assert exposition.reused == 12, "all but the uptime family kept from the last body"
+    # Another reader of the blocks (an embedder's registry) between two scrapes: the
+    # blocks' revisions move on, the exposition's part is older and not reused.
+    body_of_other = [(static("a", state="stopped", up=0), 3.0), (b, 3.0)]
+    for key, uptime in body_of_other:
+        blocks.add(key, uptime_seconds=uptime, backoff_seconds=0, cpu_seconds=1, rss_bytes=2)
+    blocks.families()
+    later, text = body(static("a", state="stopped", up=0), b, uptime=4.0)
+    assert later == text.encode()
+    assert 'reconciler_collector_up{id="a",type="procmond"} 0.0' in later.decode()
+    assert exposition.reused < 12
+    # No add(): no collector. The plain body after gzip bodies is its own text too.
+    families = blocks.families()
+    assert exposition.plain(families) == "".join(family.text() for family in families).encode()
+    assert b'id="a"' not in exposition.plain(families)
 
 
 def test_gzip_after_plain_bodies_that_changed_an_earlier_part() -> None:
